@@ -1,0 +1,67 @@
+"""The ``edgedet`` command: thin click commands; each lives in its own module beside this one.
+
+Errors a user can cause (``EdgedetError``) become one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import EdgedetError
+
+# command name -> module in this package that defines a click command called ``command``
+COMMANDS = {
+    "run": "run",
+    "bench": "bench",
+    "eval": "evaluate",
+    "convert": "convert",
+    "prune": "prune",
+    "models": "models",
+    "calibration": "calibration",
+}
+
+
+class LazyGroup(click.Group):
+    """Import a command's module only when it is used (keeps start-up fast on a Pi)."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        module = COMMANDS.get(name)
+        if module is None:
+            return None
+        try:
+            mod = importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(__name__):
+                return None
+            raise
+        return getattr(mod, "command")
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgedetError as exc:
+            click.echo(f"edgedet: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edgedet: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgedet")
+def main() -> None:
+    """Real-time object detection on small ARM computers."""
+
+
+def run_main() -> None:  # console-script entry point
+    try:
+        main(standalone_mode=True)
+    except BrokenPipeError:  # e.g. `edgedet models list | head`
+        sys.exit(0)

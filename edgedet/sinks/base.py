@@ -1,0 +1,67 @@
+"""The Sink protocol: every output (window, recorder, events, RTSP out, HTTP, MQTT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, runtime_checkable
+
+from ..frame import Result
+
+
+@dataclass
+class SinkContext:
+    """What a sink may know about the run when it is built (before the first frame).
+
+    ``stats`` returns the pipeline's live stats snapshot (see ``edgedet.stats``), ``source_stats``
+    the source's own counters (connected, reconnects_total, ...). Frame size is only known at the
+    first ``write``: sinks that need it (recorder, RTSP out) open lazily there.
+    """
+
+    labels: list[str] = field(default_factory=list)
+    source_name: str = ""
+    source_fps: float = 0.0
+    model_name: str = ""
+    stats: Callable[[], dict] = dict
+    source_stats: Callable[[], dict] = dict
+    device: Optional[str] = None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A consumer of results. ``open`` may raise ``SinkError`` (a one-line user error).
+
+    ``write`` is called from the output thread for every processed result, in order; it must not
+    block for long (network sinks hand off to their own thread and keep only what they must).
+    ``close`` flushes and finalizes (playable video, complete events file) and is idempotent.
+    ``needs_annotated`` tells the pipeline to draw the overlay once for this sink.
+    """
+
+    needs_annotated: bool
+
+    def open(self) -> None: ...
+
+    def write(self, result: Result) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BaseSink:
+    """Convenience base: context manager around ``open``/``close``."""
+
+    needs_annotated = False
+
+    def open(self) -> None:  # pragma: no cover - trivial
+        pass
+
+    def write(self, result: Result) -> None:  # pragma: no cover - trivial
+        pass
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
