@@ -172,7 +172,7 @@ def _type_name(tp) -> str:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (YAML gives proper types already)."""
     origin = typing.get_origin(tp)
-    if origin is Union or (hasattr(types, "UnionType") and isinstance(tp, getattr(types, "UnionType"))):
+    if origin is Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType)):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None

@@ -33,13 +33,13 @@ class Detections:
         object.__setattr__(self, "class_ids", class_ids)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
 
     def __len__(self) -> int:
         return len(self.scores)
 
-    def __getitem__(self, index) -> "Detections":
+    def __getitem__(self, index) -> Detections:
         """Slice, boolean-mask or index-array selection, e.g. ``dets[dets.scores > 0.5]``."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
@@ -50,12 +50,12 @@ class Detections:
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
         return wh[:, 0] * wh[:, 1]
 
-    def scaled(self, sx: float, sy: float, dx: float = 0.0, dy: float = 0.0) -> "Detections":
+    def scaled(self, sx: float, sy: float, dx: float = 0.0, dy: float = 0.0) -> Detections:
         """Map boxes to another frame: ``x' = x * sx + dx``, ``y' = y * sy + dy``."""
         xyxy = self.xyxy * np.array([sx, sy, sx, sy], np.float32) + np.array([dx, dy, dx, dy], np.float32)
         return Detections(xyxy, self.scores, self.class_ids)
 
-    def clipped(self, width: int, height: int) -> "Detections":
+    def clipped(self, width: int, height: int) -> Detections:
         xyxy = self.xyxy.copy()
         np.clip(xyxy[:, 0::2], 0, width, out=xyxy[:, 0::2])
         np.clip(xyxy[:, 1::2], 0, height, out=xyxy[:, 1::2])

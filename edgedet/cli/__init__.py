@@ -41,7 +41,7 @@ class LazyGroup(click.Group):
             if exc.name and exc.name.startswith(__name__):
                 return None
             raise
-        return getattr(mod, "command")
+        return mod.command
 
     def invoke(self, ctx):
         try:

@@ -43,7 +43,7 @@ def config_options(func):
 def overrides_from_params(params: dict) -> dict:
     """Nested dict of the options given on the command line (None = not given)."""
     out: dict = {}
-    for path, f, tp in iter_options():
+    for path, f, _tp in iter_options():
         name = _param_name(path)
         if name not in params or params[name] is None:
             continue
