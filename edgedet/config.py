@@ -102,6 +102,8 @@ class PiCameraConfig:
     rotation: int = opt(0, choices=(0, 180), help="rotate the image (the ISP supports 0 and 180)")
     hflip: bool = opt(False, help="mirror horizontally")
     vflip: bool = opt(False, help="flip vertically")
+    reopen_attempts: int = opt(5, min=0, help="camera failing mid-run: reopen it this many times in a row "
+                                              "before giving up with an error (0 = forever)")
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""``edgedet bench``: invoke, preprocess, decode and pipeline speed of a model on this machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import ConfigError
+
+
+class _OneLineErrors(click.Command):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise ConfigError(f"{exc.format_message()} (see: edgedet bench --help)") from exc
+
+
+@click.command("bench", cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "-m", default="ssd_mobilenet_v1_coco_quant", show_default=True,
+              help="registry name or path of a .tflite model")
+@click.option("--source", "-s", default=None,
+              help="video file or image folder: frames to measure on, and the pipeline fps")
+@click.option("--threads", type=click.IntRange(1, 64), default=None,
+              help="interpreter threads (default: the big cores); with --sweep the highest count")
+@click.option("--runs", type=click.IntRange(1, 100000), default=50, show_default=True, help="timed invokes")
+@click.option("--warmup", type=click.IntRange(0, 1000), default=5, show_default=True, help="untimed invokes first")
+@click.option("--frames", type=click.IntRange(1, 1000000), default=200, show_default=True,
+              help="frames for the pipeline fps")
+@click.option("--postprocess", type=click.Choice(["auto", "ours", "op"]), default="auto", show_default=True,
+              help="decode+NMS as the pipeline runs it")
+@click.option("--labels", default=None, help="label file (default: the model's)")
+@click.option("--opencv-threads", type=click.IntRange(0, 64), default=None,
+              help="cap OpenCV's thread pool (default: OpenCV's own)")
+@click.option("--sweep", type=click.Choice(["threads"]), default=None,
+              help="also measure 1..N interpreter threads (N = --threads or the number of cores)")
+@click.option("--json", "as_json", is_flag=True, help="print the results as one JSON object")
+def command(model, source, threads, runs, warmup, frames, postprocess, labels, opencv_threads, sweep, as_json):
+    """Measure a model here: invoke, preprocess, decode+NMS (ours and the op's), pipeline fps.
+
+    \b
+    Examples:
+      edgedet bench --model ssd_mobilenet_v1_coco_quant --source video.mp4
+      edgedet bench --model model.tflite --source video.mp4 --sweep threads --threads 4
+      edgedet bench --model model.tflite --runs 200 --json > bench.json
+    """
+    import logging
+    import os
+
+    from ..tools.bench import BenchSettings, format_report, run_bench
+
+    logging.getLogger("edgedet").setLevel(logging.WARNING)
+    sweep_n = None
+    if sweep == "threads":
+        sweep_n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    settings = BenchSettings(model=model, source=source, threads=threads, runs=runs, warmup=warmup, frames=frames,
+                             postprocess=postprocess, labels=labels, opencv_threads=opencv_threads,
+                             sweep_threads=sweep_n)
+
+    def progress(msg: str) -> None:
+        if not as_json:
+            click.echo(f"edgedet bench: {msg} ...", err=True)
+
+    report = run_bench(settings, progress)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        click.echo(format_report(report))

@@ -1,0 +1,74 @@
+"""``edgedet convert``: float / dynamic-range / fp16 ``.tflite`` -> int8, fp16 or dynamic; TF models; SSDLite."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..tools.convert import POSTPROCESS_MODES, QUANTIZE_MODES
+
+
+@click.command("convert")
+@click.argument("src", required=False)
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="output .tflite")
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None,
+              help="int8 (full integer, needs --calibration), fp16 weights, or dynamic range")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="calibration image folder (see `edgedet calibration build`)")
+@click.option("--num-calib", type=click.IntRange(1), default=None,
+              help="use this many calibration images (spread over the set; default all)")
+@click.option("--percentile", default="auto", show_default=True,
+              help="backbone activation range percentile (e.g. 99.99, 100 = min/max) or 'auto': "
+                   "chosen by detection agreement on held-out calibration images")
+@click.option("--postprocess", type=click.Choice(POSTPROCESS_MODES), default="keep", show_default=True,
+              help="keep the TFLite_Detection_PostProcess op (float) or strip it (raw outputs + anchors)")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="interpreter threads")
+@click.option("--eval", "do_eval", is_flag=True, help="measure COCO mAP before and after")
+@click.option("--images", type=click.Path(), default=None, help="--eval: annotated image folder")
+@click.option("--annotations", type=click.Path(), default=None, help="--eval: COCO instances JSON")
+@click.option("--labels", type=click.Path(), default=None, help="--eval: label file (default: the model's)")
+@click.option("--eval-limit", type=click.IntRange(1), default=None, help="--eval: only the first N images")
+@click.option("--build", "build_arch", type=click.Choice(["ssdlite"]), default=None,
+              help="build a new model instead of converting SRC (needs TensorFlow)")
+@click.option("--backbone", default="mobilenet_v2", show_default=True, help="--build: backbone")
+@click.option("--width", type=float, default=1.0, show_default=True, help="--build: width multiplier")
+@click.option("--input-size", type=click.IntRange(32, 2048), default=320, show_default=True,
+              help="--build: input size")
+@click.option("--num-classes", type=click.IntRange(1), default=90, show_default=True,
+              help="--build: classes")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def command(src, out, quantize, calibration, num_calib, percentile, postprocess, threads, do_eval, images,
+            annotations, labels, eval_limit, build_arch, backbone, width, input_size, num_classes, as_json):
+    """Convert SRC (.tflite, SavedModel dir, .keras/.h5) to a deployable .tflite at OUT.
+
+    \b
+    edgedet convert model_fp32.tflite -o model_int8.tflite --quantize int8 --calibration calib/
+    edgedet convert model.tflite -o m8.tflite --quantize int8 --calibration calib/ \\
+        --eval --images val2017/ --annotations instances_val2017.json
+    """
+    from ..errors import ConfigError
+    from ..tools import convert as conv
+
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    if do_eval and (not images or not annotations):
+        raise ConfigError("--eval needs --images and --annotations")
+    if (images or annotations) and not do_eval:
+        raise ConfigError("--images/--annotations are only used with --eval")
+    if build_arch:
+        if src:
+            raise ConfigError("give either SRC or --build, not both")
+        report = conv.build(out, backbone=backbone, width=width, input_size=input_size, num_classes=num_classes,
+                            quantize=quantize, calibration=calibration, num_calib=num_calib,
+                            postprocess=postprocess, log=log)
+    else:
+        if not src:
+            raise ConfigError("missing SRC (a model to convert) or --build ssdlite")
+        report = conv.convert(src, out, quantize=quantize, calibration=calibration, num_calib=num_calib,
+                              postprocess=postprocess, percentile=percentile, threads=threads,
+                              eval_images=images if do_eval else None,
+                              eval_annotations=annotations if do_eval else None, eval_limit=eval_limit,
+                              labels=labels, log=log)
+    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format_summary())

@@ -1,0 +1,256 @@
+"""The Detector: one model, three steps (``prepare`` -> ``infer`` -> ``decode``), or ``detect`` for all.
+
+The pipeline runs ``prepare`` + ``infer`` in one thread and ``decode`` in another: ``infer`` copies
+the outputs it returns, so the next ``invoke`` never changes what a decode is reading. ``prepare``
+reuses one preallocated input array (call ``prepare`` + ``infer`` from one thread only).
+
+Who decodes (``postprocess``):
+
+* ``op``: the model's in-graph ``TFLite_Detection_PostProcess`` op (form-op models only);
+* ``ours``: our numpy decode + NMS; a form-op model is stripped of its op at load, and our decode
+  reproduces the op (same boxes, classes and scores);
+* ``auto``: ``ours`` when the model has no op, or when the op cannot do what was asked (another IoU,
+  more detections, class-agnostic NMS over a regular-NMS op); otherwise ``ours`` as well when the op
+  can be stripped, since ours measured no slower than the op (see docs/models.md); ``op`` only when
+  the op cannot be stripped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .detections import Detections
+from .errors import ConfigError, ModelError
+from .labels import class_ids_for, fit_labels, generic_labels, read_label_file
+from .model import LoadedModel, ModelInfo, open_model
+from .postprocess.decode import DecodeSettings, SSDDecoder
+from .preprocess import Prepared, Preprocessor, letterbox_or_stretch
+from .sidecar import resolve_relative
+
+__all__ = ["Detector", "Prepared", "RawOutputs", "ModelInfo"]
+
+
+@dataclass
+class RawOutputs:
+    """Copies of the model's output tensors of one invoke (by role) and how long the invoke took."""
+
+    arrays: dict[str, np.ndarray]
+    invoke_ms: float
+    extra: dict = field(default_factory=dict)
+
+
+class Detector:
+    """Object detection with one SSD ``.tflite`` model."""
+
+    def __init__(self, loaded: LoadedModel, path: Path, labels: list[str], *, score_threshold: float,
+                 iou_threshold: Optional[float], max_detections: Optional[int], class_agnostic: bool,
+                 resize: str, classes: Optional[Sequence[Union[str, int]]]) -> None:
+        self._m = loaded
+        self.path = path
+        self.interpreter = loaded.interpreter
+        self.labels = labels
+        spec = loaded.input_spec
+        self.input_size: tuple[int, int] = (spec.width, spec.height)
+        self.score_threshold = float(score_threshold)
+        opts = loaded.options
+        self.iou_threshold = float(opts.iou_threshold if iou_threshold is None else iou_threshold)
+        self.max_detections = int(opts.max_detections if max_detections is None else max_detections)
+        self.class_agnostic = bool(class_agnostic)
+        self.class_filter: Optional[np.ndarray] = (
+            None if classes is None or len(classes) == 0 else np.array(class_ids_for(classes, labels), np.int32)
+        )
+        self.preprocessor = Preprocessor(spec, resize)
+        self._input_index = loaded.input_index
+        self.last_timings: dict[str, float] = {}
+        self.decoder: Optional[SSDDecoder] = None
+        if loaded.decoder == "ours":
+            mode = "fast" if (class_agnostic or not opts.use_regular_nms) else "regular"
+            settings = DecodeSettings(
+                score_threshold=self.score_threshold,
+                iou_threshold=self.iou_threshold,
+                max_detections=self.max_detections,
+                mode=mode,
+                max_classes_per_detection=opts.max_classes_per_detection if mode == "fast" else 1,
+                detections_per_class=opts.detections_per_class,
+                background=opts.background,
+                scales=(opts.y_scale, opts.x_scale, opts.h_scale, opts.w_scale),
+                box_order=opts.box_order,
+                size_transform=opts.size_transform,
+                score_activation=opts.score_activation,
+            )
+            details = {d["index"]: d for d in self.interpreter.get_output_details()}
+            self.decoder = SSDDecoder(loaded.anchors, settings, boxes_quant=loaded.roles.boxes_quant,
+                                      scores_quant=loaded.roles.scores_quant,
+                                      scores_dtype=details[loaded.roles.scores]["dtype"])
+        roles = loaded.roles
+        self._outputs = {"boxes": roles.boxes, "scores": roles.scores}
+        if loaded.decoder == "op":
+            self._outputs.update(classes=roles.classes, count=roles.count)
+        self.info = ModelInfo(
+            path=path,
+            form=loaded.form,
+            input_size=self.input_size,
+            input_dtype=np.dtype(spec.dtype).name,
+            input_quantization=(float(spec.scale), int(spec.zero_point)),
+            normalization=None if spec.mean is None else (tuple(spec.mean), tuple(spec.std)),
+            color=spec.color,
+            num_anchors=int(loaded.num_anchors),
+            num_classes=int(opts.num_classes),
+            options=opts,
+            postprocess=loaded.decoder,
+            resize=resize,
+            backend=loaded.backend,
+            threads=loaded.threads,
+            anchors_source=loaded.anchors_source,
+        )
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: Union[str, os.PathLike], *, threads: Optional[int] = None,
+                  labels: Union[str, os.PathLike, Sequence[str], None] = None, score_threshold: float = 0.5,
+                  iou_threshold: Optional[float] = None, max_detections: Optional[int] = None,
+                  class_agnostic: bool = False, postprocess: str = "auto", resize: str = "auto",
+                  classes: Optional[Sequence[Union[str, int]]] = None) -> Detector:
+        """Load a model. ``labels``: a label file, a list, or None (the sidecar's, else ``class0..``).
+
+        ``iou_threshold`` / ``max_detections`` default to the model's own. ``class_agnostic=True``
+        forces one NMS over all classes; False keeps the model's own NMS (the op's fast mode is
+        class-agnostic; raw models get per-class NMS).
+        """
+        path = Path(path)
+        if postprocess not in ("auto", "ours", "op"):
+            raise ConfigError(f"model.postprocess: expected auto, ours or op, got {postprocess!r}")
+        if not 0.0 <= float(score_threshold) <= 1.0:
+            raise ConfigError(f"model.score_threshold: must be within 0..1, got {score_threshold}")
+        if iou_threshold is not None and not 0.0 < float(iou_threshold) <= 1.0:
+            raise ConfigError(f"model.iou_threshold: must be within (0, 1], got {iou_threshold}")
+        if max_detections is not None and int(max_detections) < 1:
+            raise ConfigError(f"model.max_detections: must be at least 1, got {max_detections}")
+        loaded = _open(path, threads, postprocess, iou_threshold, max_detections, class_agnostic)
+        names = _labels(labels, loaded, path)
+        mode = letterbox_or_stretch(resize, (loaded.sidecar.get("input") or {}).get("resize"))
+        return cls(loaded, path, names, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                   max_detections=max_detections, class_agnostic=class_agnostic, resize=mode, classes=classes)
+
+    # -- the three steps --------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, fmt: str = "BGR") -> Prepared:
+        """Resize + colour + normalize ``image`` into the model's (reused) input array."""
+        return self.preprocessor.prepare(image, fmt)
+
+    def infer(self, prepared: Prepared) -> RawOutputs:
+        """Run the model on a prepared input; returns copies of its outputs."""
+        interp = self.interpreter
+        t0 = time.perf_counter()
+        interp.set_tensor(self._input_index, prepared.tensor)
+        interp.invoke()
+        ms = (time.perf_counter() - t0) * 1000.0
+        arrays = {role: interp.get_tensor(idx) for role, idx in self._outputs.items()}  # get_tensor copies
+        return RawOutputs(arrays, ms)
+
+    def decode(self, raw: RawOutputs, prepared: Prepared) -> Detections:
+        """Boxes in pixels of the image given to ``prepare`` (clipped), 0-based class ids, filtered."""
+        w, h = self.input_size
+        if self.decoder is None:
+            a = raw.arrays
+            n = int(np.asarray(a["count"]).reshape(-1)[0])
+            boxes = a["boxes"].reshape(-1, 4)[:n]
+            scores = a["scores"].reshape(-1)[:n].astype(np.float32)
+            cls = a["classes"].reshape(-1)[:n].astype(np.int32)
+            keep = scores >= np.float32(self.score_threshold)
+            boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
+            if len(scores) > self.max_detections:
+                boxes, scores, cls = boxes[: self.max_detections], scores[: self.max_detections], cls[
+                    : self.max_detections]
+        else:
+            boxes, scores, cls = self.decoder(raw.arrays["boxes"], raw.arrays["scores"])
+        if self.class_filter is not None and len(cls):
+            keep = np.isin(cls, self.class_filter)
+            boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
+        if len(scores) == 0:
+            return Detections.empty()
+        xyxy = np.empty((len(boxes), 4), np.float32)  # (ymin, xmin, ymax, xmax) normalized -> input pixels
+        xyxy[:, 0] = boxes[:, 1] * w
+        xyxy[:, 1] = boxes[:, 0] * h
+        xyxy[:, 2] = boxes[:, 3] * w
+        xyxy[:, 3] = boxes[:, 2] * h
+        return Detections(prepared.to_image(xyxy), scores, cls)
+
+    def detect(self, image: np.ndarray, fmt: str = "BGR") -> Detections:
+        prepared = self.prepare(image, fmt)
+        raw = self.infer(prepared)
+        t0 = time.perf_counter()
+        dets = self.decode(raw, prepared)
+        self.last_timings = {
+            "preprocess_ms": prepared.preprocess_ms,
+            "invoke_ms": raw.invoke_ms,
+            "decode_ms": (time.perf_counter() - t0) * 1000.0,
+        }
+        return dets
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"Detector({self.path.name}, form={i.form}, postprocess={i.postprocess}, "
+                f"input={i.input_size[0]}x{i.input_size[1]} {i.input_dtype}, classes={i.num_classes})")
+
+
+def _open(path: Path, threads, postprocess: str, iou_threshold, max_detections, class_agnostic) -> LoadedModel:
+    if postprocess in ("op", "ours"):
+        loaded = open_model(path, threads=threads, postprocess=postprocess)
+        if postprocess == "op":
+            _check_op_can(loaded, iou_threshold, max_detections, class_agnostic)
+        return loaded
+    # auto: our decode wherever it can stand in for the op
+    try:
+        return open_model(path, threads=threads, postprocess="ours")
+    except ModelError as exc:
+        if "no TFLite_Detection_PostProcess" in str(exc) or "not an SSD" in str(exc) or "cannot" not in str(exc):
+            try:
+                loaded = open_model(path, threads=threads, postprocess="op")
+            except ModelError as exc2:
+                if "has no TFLite_Detection_PostProcess" in str(exc2):
+                    raise exc from None
+                raise
+            _check_op_can(loaded, iou_threshold, max_detections, class_agnostic)
+            return loaded
+        raise
+
+
+def _check_op_can(loaded: LoadedModel, iou_threshold, max_detections, class_agnostic) -> None:
+    o = loaded.options
+    if iou_threshold is not None and abs(float(iou_threshold) - o.iou_threshold) > 1e-6:
+        raise ConfigError(f"model.iou_threshold: the in-graph op's NMS IoU is fixed at {o.iou_threshold:g}; "
+                          "use postprocess 'ours' for another")
+    if max_detections is not None and int(max_detections) > o.max_detections:
+        raise ConfigError(f"model.max_detections: the in-graph op returns at most {o.max_detections}; "
+                          "use postprocess 'ours' for more")
+    if class_agnostic and o.use_regular_nms:
+        raise ConfigError("model.class_agnostic: the in-graph op does per-class NMS; use postprocess 'ours'")
+
+
+def _labels(labels, loaded: LoadedModel, path: Path) -> list[str]:
+    n = loaded.options.num_classes
+    side = loaded.sidecar
+    if labels is not None:
+        if isinstance(labels, (str, os.PathLike)):
+            return fit_labels(read_label_file(labels), n, source=f"label file {labels}")
+        return fit_labels(list(labels), n, source="labels")
+    offset = int(side.get("label_offset", 0) or 0)
+    entry = side.get("labels")
+    if isinstance(entry, str):
+        file = resolve_relative(path, entry)
+        return fit_labels(read_label_file(file), n, offset=offset, source=f"label file {file}")
+    if isinstance(entry, list):
+        return fit_labels(entry, n, offset=offset, source="model sidecar labels")
+    from .postprocess.anchors import recognise
+
+    if loaded.form == "raw" and loaded.anchors_source.startswith("generator mediapipe") and n == 1:
+        known = recognise(loaded.input_spec.size, loaded.num_anchors, 16, 1)
+        if known is not None:
+            return list(known["labels"])
+    return generic_labels(n)

@@ -1,0 +1,415 @@
+"""What a detection ``.tflite`` is: its input, its outputs' roles, its SSD form and its metadata.
+
+Two forms are understood:
+
+* ``op``: the graph ends in the ``TFLite_Detection_PostProcess`` custom op (4 outputs: boxes,
+  classes, scores, count). The outputs are told apart by shape and value, never by position
+  (TF1 and TF2 exports list them in different orders).
+* ``raw``: box encodings ``[1, N, 4+]`` and class scores ``[1, N, C]`` (float or quantized) that
+  our code decodes with anchors (a ``.anchors.npy`` file, an anchor spec in the sidecar, or a
+  model we recognise, such as MediaPipe BlazeFace).
+
+A form-``op`` model can also be opened *stripped* (the op removed in memory): its anchors and
+options then come from the op itself and our decode + NMS replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import ModelError
+from .preprocess import InputSpec, default_normalization, parse_normalization
+from .sidecar import load_sidecar
+from .tflite_file import opcode_name, read_model
+
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """Decode + NMS settings: the op's own options, or the sidecar's ``postprocess`` section."""
+
+    num_classes: int
+    max_detections: int = 100
+    iou_threshold: float = 0.6
+    score_threshold: float = 0.0  # the model's own candidate threshold
+    use_regular_nms: bool = False  # False: top class per anchor + one class-agnostic NMS (the op's fast mode)
+    max_classes_per_detection: int = 1
+    detections_per_class: int = 100
+    y_scale: float = 10.0
+    x_scale: float = 10.0
+    h_scale: float = 5.0
+    w_scale: float = 5.0
+    box_order: str = "yxhw"  # order of the 4 box encodings: yxhw (TF OD API) or xywh (torchvision, MediaPipe)
+    size_transform: str = "exp"  # exp (TF, torchvision) or linear (MediaPipe)
+    score_activation: str = "none"  # none (already probabilities), sigmoid or softmax
+    background: int = 0  # leading background columns in the class scores (skipped)
+
+    @classmethod
+    def from_op(cls, opts: dict, *, background: int = 0) -> PostprocessOptions:
+        def get(key, default):
+            v = opts.get(key, default)
+            return default if v is None else v
+
+        return cls(
+            num_classes=int(get("num_classes", 90)),
+            max_detections=int(get("max_detections", 10)),
+            iou_threshold=float(get("nms_iou_threshold", 0.6)),
+            score_threshold=float(get("nms_score_threshold", 0.0)),
+            use_regular_nms=bool(get("use_regular_nms", False)),
+            max_classes_per_detection=int(get("max_classes_per_detection", 1)),
+            detections_per_class=int(get("detections_per_class", 100)),
+            y_scale=float(get("y_scale", 10.0)),
+            x_scale=float(get("x_scale", 10.0)),
+            h_scale=float(get("h_scale", 5.0)),
+            w_scale=float(get("w_scale", 5.0)),
+            background=background,
+        )
+
+    def with_sidecar(self, section: dict) -> PostprocessOptions:
+        """Override with the sidecar's ``postprocess`` keys (op names and our names both accepted)."""
+        names = {
+            "nms_iou_threshold": "iou_threshold", "nms_score_threshold": "score_threshold",
+        }
+        fields = set(self.__dataclass_fields__)
+        changes: dict[str, Any] = {}
+        for key, value in (section or {}).items():
+            key = names.get(key, key)
+            if key in fields and value is not None:
+                kind = type(getattr(self, key))
+                changes[key] = kind(value)
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class ModelInfo:
+    """A summary of the loaded model (printed by ``edgedet models info`` and the run banner)."""
+
+    path: Path
+    form: str  # "op" (in-graph postprocess op) or "raw" (box encodings + class scores)
+    input_size: tuple[int, int]  # (w, h)
+    input_dtype: str
+    input_quantization: tuple[float, int]  # (scale, zero point); (0.0, 0) when float
+    normalization: Optional[tuple[tuple, tuple]]  # (mean, std) per channel, None = raw pixels
+    color: str
+    num_anchors: int
+    num_classes: int
+    options: PostprocessOptions
+    postprocess: str  # who decodes: "op" or "ours"
+    resize: str = "stretch"
+    backend: str = ""
+    threads: int = 1
+    anchors_source: str = ""
+
+    @property
+    def op_options(self) -> dict:
+        return self.options.as_dict()
+
+
+@dataclass
+class OutputRoles:
+    """Interpreter output tensor indices by role."""
+
+    boxes: int
+    scores: int
+    classes: Optional[int] = None  # form op only
+    count: Optional[int] = None  # form op only
+    boxes_quant: tuple[float, int] = (0.0, 0)
+    scores_quant: tuple[float, int] = (0.0, 0)
+
+
+@dataclass
+class LoadedModel:
+    interpreter: Any
+    input_spec: InputSpec
+    input_index: int
+    roles: OutputRoles
+    options: PostprocessOptions
+    form: str
+    decoder: str  # "op" or "ours"
+    anchors: Optional[np.ndarray] = None  # [N, 4] yxhw normalized, for our decode
+    anchors_source: str = ""
+    sidecar: dict = field(default_factory=dict)
+    backend: str = ""
+    threads: int = 1
+    num_anchors: int = 0
+
+
+# -- reading the flatbuffer ---------------------------------------------------------------------
+def find_postprocess_op(model) -> Optional[tuple[int, int]]:
+    """(subgraph index, operator index) of the TFLite_Detection_PostProcess op, or None."""
+    for si, sub in enumerate(model.subgraphs or []):
+        for oi, op in enumerate(sub.operators or []):
+            if opcode_name(model, op.opcodeIndex) == POSTPROCESS_OP:
+                return si, oi
+    return None
+
+
+def read_op_options(op) -> dict:
+    """The op's custom options (a flexbuffer map) as a dict."""
+    raw = op.customOptions
+    if raw is None or len(raw) == 0:
+        return {}
+    try:
+        from flatbuffers import flexbuffers  # type: ignore
+
+        value = flexbuffers.Loads(bytes(bytearray(raw)))
+    except Exception as exc:
+        raise ModelError(f"cannot read the {POSTPROCESS_OP} options: {exc}") from exc
+    return dict(value) if isinstance(value, dict) else {}
+
+
+# -- output roles ---------------------------------------------------------------------------------
+def identify_op_outputs(details: list[dict], values: Optional[dict[int, np.ndarray]] = None,
+                        op_order: Optional[list[int]] = None) -> OutputRoles:
+    """Boxes ``[1,M,4]``, count ``[1]``, and classes vs scores (both ``[1,M]``) told apart by value:
+    classes are whole numbers, scores lie in [0, 1] and never increase. Only when the values cannot
+    tell (e.g. all zero) the op's own output order (boxes, classes, scores, count) decides."""
+    boxes = [d for d in details if len(d["shape"]) == 3 and d["shape"][-1] == 4]
+    counts = [d for d in details if int(np.prod(d["shape"])) == 1]
+    vectors = [d for d in details if len(d["shape"]) == 2 and d not in counts]
+    if len(details) != 4 or len(boxes) != 1 or len(counts) != 1 or len(vectors) != 2:
+        shapes = ", ".join(str(list(d["shape"])) for d in details)
+        raise ModelError(f"unexpected outputs of the {POSTPROCESS_OP} op: {shapes}")
+
+    def looks_like_classes(v: np.ndarray) -> bool:
+        return bool(np.all(v == np.round(v)))
+
+    def looks_like_scores(v: np.ndarray) -> bool:
+        v = v.reshape(-1)
+        return bool(np.all((v >= 0) & (v <= 1)) and np.all(np.diff(v) <= 0))
+
+    a, b = vectors
+    classes = scores = None
+    if values is not None:
+        va, vb = values[a["index"]], values[b["index"]]
+        a_cls, b_cls = looks_like_classes(va), looks_like_classes(vb)
+        a_sc, b_sc = looks_like_scores(va), looks_like_scores(vb)
+        if a_cls and b_sc and not (b_cls and a_sc):
+            classes, scores = a, b
+        elif b_cls and a_sc and not (a_cls and b_sc):
+            classes, scores = b, a
+    if classes is None and op_order is not None:
+        pos = {t: i for i, t in enumerate(op_order)}
+        a_pos, b_pos = pos.get(a["index"]), pos.get(b["index"])
+        if a_pos is not None and b_pos is not None:
+            classes, scores = (a, b) if a_pos < b_pos else (b, a)
+    if classes is None:
+        classes, scores = a, b
+    return OutputRoles(boxes=boxes[0]["index"], scores=scores["index"], classes=classes["index"],
+                       count=counts[0]["index"])
+
+
+def _quant(detail: dict) -> tuple[float, int]:
+    scale, zp = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zp)
+
+
+_BOX_WORDS = ("box", "regress", "loc", "bbox", "encod")
+_SCORE_WORDS = ("class", "score", "conf", "logit", "prob")
+
+
+def identify_raw_outputs(details: list[dict], sidecar_outputs: Optional[dict] = None) -> OutputRoles:
+    """Box encodings ``[1,N,K>=4]`` and class scores ``[1,N,C]`` of a raw SSD model."""
+    shapes = ", ".join(str(list(d["shape"])) for d in details)
+    by_name = {d["name"]: d for d in details}
+    if sidecar_outputs:
+        try:
+            b, s = by_name[sidecar_outputs["boxes"]], by_name[sidecar_outputs["scores"]]
+            return OutputRoles(boxes=b["index"], scores=s["index"], boxes_quant=_quant(b), scores_quant=_quant(s))
+        except KeyError as exc:
+            raise ModelError(f"model sidecar names output {exc} which the model does not have") from exc
+    cands = [d for d in details if len(d["shape"]) in (2, 3) and (len(d["shape"]) == 2 or d["shape"][0] == 1)]
+    anchors_of = {d["index"]: int(d["shape"][-2]) for d in cands}
+    pairs = []
+    for b in cands:
+        for s in cands:
+            if b is s or anchors_of[b["index"]] != anchors_of[s["index"]] or anchors_of[b["index"]] < 2:
+                continue
+            if b["shape"][-1] < 4:
+                continue
+            score = 0
+            bn, sn = b["name"].lower(), s["name"].lower()
+            score += 2 * any(w in bn for w in _BOX_WORDS) + 2 * any(w in sn for w in _SCORE_WORDS)
+            score += 1 if b["shape"][-1] == 4 else 0
+            score -= 3 * any(w in bn for w in _SCORE_WORDS) + 3 * any(w in sn for w in _BOX_WORDS)
+            pairs.append((score, b, s))
+    if not pairs:
+        raise ModelError(f"not an SSD detector: outputs {shapes} (expected box encodings [1,N,4] and "
+                         f"class scores [1,N,C], or the {POSTPROCESS_OP} op)")
+    pairs.sort(key=lambda p: -p[0])
+    if len(pairs) > 1 and pairs[0][0] == pairs[1][0] and {pairs[0][1]["index"], pairs[0][2]["index"]} != {
+        pairs[1][1]["index"], pairs[1][2]["index"]
+    }:
+        raise ModelError(f"cannot tell box and score outputs apart ({shapes}): name them in the model "
+                         "sidecar (outputs: {boxes: NAME, scores: NAME})")
+    _, b, s = pairs[0]
+    return OutputRoles(boxes=b["index"], scores=s["index"], boxes_quant=_quant(b), scores_quant=_quant(s))
+
+
+# -- input ----------------------------------------------------------------------------------------
+def input_spec(detail: dict, sidecar: dict) -> InputSpec:
+    shape = [int(x) for x in detail["shape"]]
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise ModelError(f"not an SSD detector: input shape {shape} (expected [1, H, W, 3])")
+    dtype = np.dtype(detail["dtype"])
+    section = sidecar.get("input") or {}
+    if "normalization" in section:
+        try:
+            mean, std = parse_normalization(section["normalization"])
+        except Exception as exc:
+            raise ModelError(str(exc)) from exc
+    else:
+        mean, std = default_normalization(dtype)
+    if dtype.kind == "f" and mean is None:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    scale, zp = _quant(detail)
+    return InputSpec(width=shape[2], height=shape[1], dtype=dtype, scale=scale, zero_point=zp, mean=mean,
+                     std=std, color=str(section.get("color", "rgb")).lower())
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _load(path: Path, threads: Optional[int]):
+    from .runtime import load_interpreter
+
+    return load_interpreter(path, threads)
+
+
+def _load_bytes(data: bytes, threads: Optional[int], name: str):
+    """An interpreter from model bytes (via a private temporary file, removed at once)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tflite")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return _load(Path(tmp), threads)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _backend() -> str:
+    from .runtime import interpreter_class
+
+    try:
+        return interpreter_class()[2]
+    except ModelError:
+        return ""
+
+
+def open_model(path: str | os.PathLike, *, threads: Optional[int] = None, postprocess: str = "op") -> LoadedModel:
+    """Load ``path`` and work out its form. ``postprocess``: "op" keeps an in-graph op, "ours" strips it."""
+    from .runtime import default_threads
+
+    path = Path(path)
+    if postprocess not in ("op", "ours"):
+        raise ModelError(f"postprocess must be 'op' or 'ours', got {postprocess!r}")
+    model_t = read_model(path)
+    sidecar = load_sidecar(path)
+    nthreads = int(threads or default_threads())
+    found = find_postprocess_op(model_t)
+    if found is not None:
+        si, oi = found
+        sub = model_t.subgraphs[si]
+        op = sub.operators[oi]
+        raw_opts = read_op_options(op)
+        n_with_bg = int(sub.tensors[op.inputs[1]].shape[-1])
+        options = PostprocessOptions.from_op(raw_opts)
+        options = replace(options, background=max(0, n_with_bg - options.num_classes))
+        if postprocess == "op":
+            interp = _load(path, nthreads)
+            lm = _finish_op_model(interp, list(op.outputs), options, sidecar)
+            lm.num_anchors = int(sub.tensors[op.inputs[0]].shape[-2])
+        else:
+            from .tools.strip import strip_in_memory
+
+            stripped = strip_in_memory(model_t)
+            interp = _load_bytes(stripped.model_bytes, nthreads, path.stem)
+            options = PostprocessOptions.from_op(stripped.options, background=stripped.background)
+            lm = _finish_raw_model(interp, options, sidecar, path, anchors=stripped.anchors,
+                                   anchors_source=f"{POSTPROCESS_OP} op constant",
+                                   outputs={"boxes": stripped.boxes_name, "scores": stripped.scores_name})
+            lm.form = "op"
+            lm.options = replace(lm.options, score_activation=stripped.score_activation)
+    else:
+        if postprocess == "op":
+            raise ModelError(f"model has no {POSTPROCESS_OP} op: decode it with postprocess 'ours'")
+        interp = _load(path, nthreads)
+        lm = _finish_raw_model(interp, None, sidecar, path)
+    lm.backend = _backend()
+    lm.threads = nthreads
+    return lm
+
+
+def _finish_op_model(interp, op_outputs: list[int], options: PostprocessOptions, sidecar: dict) -> LoadedModel:
+    in_detail = interp.get_input_details()[0]
+    spec = input_spec(in_detail, sidecar)
+    details = interp.get_output_details()
+    # probe once with a noise image: the values tell classes from scores
+    rng = np.random.default_rng(0)
+    info = np.iinfo(spec.dtype) if spec.dtype.kind in "iu" else None
+    if info is not None:
+        probe = rng.integers(info.min, info.max + 1, size=in_detail["shape"], dtype=spec.dtype)
+    else:
+        probe = rng.uniform(-1, 1, size=in_detail["shape"]).astype(spec.dtype)
+    try:
+        interp.set_tensor(in_detail["index"], probe)
+        interp.invoke()
+        values = {d["index"]: interp.get_tensor(d["index"]) for d in details}
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"model does not run: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    roles = identify_op_outputs(details, values, op_outputs)
+    options = options.with_sidecar(sidecar.get("postprocess") or {})
+    return LoadedModel(interp, spec, in_detail["index"], roles, options, form="op", decoder="op",
+                       sidecar=sidecar, num_anchors=0)
+
+
+def _finish_raw_model(interp, options: Optional[PostprocessOptions], sidecar: dict, path: Path, *,
+                      anchors: Optional[np.ndarray] = None, anchors_source: str = "",
+                      outputs: Optional[dict] = None) -> LoadedModel:
+    from .postprocess.anchors import anchors_for_model
+
+    in_detail = interp.get_input_details()[0]
+    spec = input_spec(in_detail, sidecar)
+    details = interp.get_output_details()
+    roles = identify_raw_outputs(details, outputs or sidecar.get("outputs"))
+    by_index = {d["index"]: d for d in details}
+    box_shape = [int(x) for x in by_index[roles.boxes]["shape"]]
+    score_shape = [int(x) for x in by_index[roles.scores]["shape"]]
+    num_anchors, num_cols = box_shape[-2], score_shape[-1]
+    if anchors is None:
+        anchors, anchors_source, defaults = anchors_for_model(path, sidecar, spec.size, num_anchors,
+                                                              box_shape[-1], num_cols)
+    else:
+        defaults = {}
+    if anchors.shape != (num_anchors, 4):
+        raise ModelError(f"anchors have shape {list(anchors.shape)} but the model has {num_anchors} anchors")
+    pp = dict(defaults)
+    pp.update(sidecar.get("postprocess") or {})
+    if options is None:
+        num_classes = pp.get("num_classes")
+        background = pp.get("background")
+        if num_classes is None:
+            bg = int(background or 0)
+            num_classes = num_cols - bg
+        if background is None:
+            background = max(0, num_cols - int(num_classes))
+        options = PostprocessOptions(num_classes=int(num_classes), background=int(background),
+                                     use_regular_nms=True)
+    options = options.with_sidecar(pp)
+    if options.num_classes + options.background != num_cols:
+        raise ModelError(f"class scores have {num_cols} columns but the model sidecar says "
+                         f"{options.num_classes} classes + {options.background} background")
+    return LoadedModel(interp, spec, in_detail["index"], roles, options, form="raw", decoder="ours",
+                       anchors=anchors.astype(np.float32), anchors_source=anchors_source, sidecar=sidecar,
+                       num_anchors=num_anchors)

@@ -1,0 +1,712 @@
+"""Post-training quantization of ``.tflite`` detectors (no TensorFlow): int8, fp16, dynamic range.
+
+``quantize_int8`` turns a float model (or a dynamic-range / fp16-weight one: its weights are
+dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer model with
+``ai-edge-quantizer``:
+
+1. ``prepare_float_model``: dequantize hybrid weights, fold ``DEQUANTIZE`` of constants, give the
+   ``TFLite_Detection_PostProcess`` outputs static shapes, add a signature when there is none.
+2. Calibration inputs: the calibration images preprocessed exactly as at inference (stretch or
+   letterbox resize, RGB, the sidecar's normalization).
+3. Ranges: GLOBAL over the whole calibration set (not per-image averages). The prediction head
+   (the tensors between the last convolutions and the postprocess op: box encodings and class
+   logits) keeps its full min/max; the rest of the network uses an outlier-robust percentile
+   of the pooled values (``percentile``; 100 = plain min/max).
+4. ``ai-edge-quantizer`` static int8 (weights per channel, activations per tensor); the model
+   inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges).
+5. Repair: output channels whose weights are all zero get a tiny weight scale and an int32
+   bias that overflows; their scales and biases are recomputed from the float model.
+6. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .. import tflite_file as tfl
+from ..errors import ConfigError, EdgedetError, ModelError
+
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+_FLOAT32, _FLOAT16, _INT32, _UINT8, _INT8 = 0, 1, 2, 3, 9
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    mode: str
+    recipe: dict
+    census: dict = field(default_factory=dict)
+    repaired_channels: int = 0
+    seconds: float = 0.0
+    prepared: dict = field(default_factory=dict)
+
+
+def _require_aeq():
+    try:
+        import ai_edge_quantizer  # noqa: F401
+        from ai_edge_quantizer import quantizer as aeq_quantizer
+    except ImportError as exc:
+        raise EdgedetError("int8 conversion needs ai-edge-quantizer: pip install 'edgedet[quantize]'") from exc
+    return aeq_quantizer
+
+
+# ---------------------------------------------------------------------------------------------
+# model surgery
+
+
+def _ops(model, sg=None):
+    sg = sg or model.subgraphs[0]
+    return [(op, tfl.opcode_name(model, op.opcodeIndex)) for op in sg.operators]
+
+
+def _has_data(model, tensor) -> bool:
+    buf = model.buffers[tensor.buffer]
+    return buf is not None and buf.data is not None and len(buf.data) > 0
+
+
+def _q_arrays(tensor):
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return None
+    scale = np.asarray(q.scale, np.float32)
+    zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else np.zeros_like(scale), np.int64)
+    return scale, zp, int(q.quantizedDimension or 0)
+
+
+def dequantize_tensor(model, tensor) -> np.ndarray:
+    """Float32 values of a quantized or float16 constant: ``scale * (q - zp)`` along its axis."""
+    arr = tfl.tensor_array(model, tensor)
+    if arr is None:
+        raise ModelError(f"tensor {tfl.tensor_name(tensor)} has no data")
+    if arr.dtype == np.float16:
+        return arr.astype(np.float32)
+    qa = _q_arrays(tensor)
+    if qa is None:
+        return arr.astype(np.float32)
+    scale, zp, axis = qa
+    shape = [1] * arr.ndim
+    if len(scale) > 1:
+        shape[axis] = len(scale)
+    return ((arr.astype(np.float32) - zp.reshape(shape).astype(np.float32)) * scale.reshape(shape)).astype(
+        np.float32)
+
+
+def _set_float(model, tensor, values: np.ndarray) -> None:
+    tensor.type = _FLOAT32
+    tensor.quantization = None
+    arr = np.ascontiguousarray(values, np.float32)
+    model.buffers[tensor.buffer].data = np.frombuffer(arr.tobytes(), np.uint8)
+    model.buffers[tensor.buffer].offset = 0
+    model.buffers[tensor.buffer].size = 0
+
+
+def is_integer_model(model) -> bool:
+    """True when the model's activations are already integer (e.g. a uint8 SSD)."""
+    sg = model.subgraphs[0]
+    for op, name in _ops(model, sg):
+        if name in CONV_OPS:
+            t = sg.tensors[op.inputs[0]]
+            if int(t.type) in (_INT8, _UINT8, 7):
+                return True
+    return False
+
+
+def prepare_float_model(model) -> dict:
+    """Make ``model`` (a ``ModelT``, edited in place) a plain float model the quantizer accepts."""
+    sg = model.subgraphs[0]
+    if len(model.subgraphs) != 1:
+        raise ModelError("only single-subgraph models can be quantized")
+    if is_integer_model(model):
+        raise ModelError("the model is already integer-quantized (its activations are int8/uint8)")
+    stats = {"dequantized_weights": 0, "folded_dequantize_ops": 0, "had_postprocess": False}
+    consumers: dict = {}
+    for op, _ in _ops(model, sg):
+        for i in op.inputs:
+            if i >= 0:
+                consumers.setdefault(i, []).append(op)
+    # 1. fold DEQUANTIZE ops whose input is a constant (fp16 / int8 weights)
+    keep_ops = []
+    for op, name in _ops(model, sg):
+        if name == "DEQUANTIZE" and _has_data(model, sg.tensors[op.inputs[0]]):
+            src, dst = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
+            values = dequantize_tensor(model, src)
+            dst.buffer = src.buffer
+            _set_float(model, dst, values.reshape(list(dst.shape)))
+            stats["folded_dequantize_ops"] += 1
+            continue
+        keep_ops.append(op)
+    sg.operators = keep_ops
+    # 2. hybrid kernels: quantized constant weights consumed directly by float ops
+    seen = set()
+    for op, name in _ops(model, sg):
+        if name == POSTPROCESS_OP:
+            continue
+        for i in op.inputs:
+            if i < 0 or i in seen:
+                continue
+            t = sg.tensors[i]
+            if _has_data(model, t) and int(t.type) in (_INT8, _UINT8, _FLOAT16, 7) and (
+                    int(t.type) == _FLOAT16 or _q_arrays(t) is not None):
+                seen.add(i)
+                _set_float(model, t, dequantize_tensor(model, t))
+                stats["dequantized_weights"] += 1
+    # buffers shared by several tensors could be converted twice: the seen set guards by tensor,
+    # and the TF exporters do not share weight buffers between differently typed tensors.
+    # 3. static output shapes for the postprocess op
+    for op, name in _ops(model, sg):
+        if name == POSTPROCESS_OP:
+            stats["had_postprocess"] = True
+            opts = postprocess_options(op)
+            n = int(opts.get("max_detections", 10)) * int(opts.get("max_classes_per_detection", 1))
+            for t, shape in zip(op.outputs, ([1, n, 4], [1, n], [1, n], [1])):
+                sg.tensors[t].shape = np.array(shape, np.int32)
+                sg.tensors[t].shapeSignature = None
+    # 4. a signature (the quantizer calibrates through signatures)
+    if not model.signatureDefs:
+        schema = tfl.schema()
+        sig = schema.SignatureDefT()
+        sig.signatureKey = "serving_default"
+        sig.subgraphIndex = 0
+        sig.inputs, sig.outputs = [], []
+        for k, i in enumerate(sg.inputs):
+            m = schema.TensorMapT()
+            m.name, m.tensorIndex = f"input_{k}" if len(sg.inputs) > 1 else "input", int(i)
+            sig.inputs.append(m)
+        for k, i in enumerate(sg.outputs):
+            m = schema.TensorMapT()
+            m.name, m.tensorIndex = f"output_{k}", int(i)
+            sig.outputs.append(m)
+        model.signatureDefs = [sig]
+        stats["added_signature"] = True
+    return stats
+
+
+def postprocess_options(op) -> dict:
+    from flatbuffers import flexbuffers
+
+    return dict(flexbuffers.Loads(bytes(op.customOptions)))
+
+
+def head_tensor_names(model) -> set:
+    """Tensors between the last convolutions and the postprocess op (box encodings, logits)."""
+    sg = model.subgraphs[0]
+    producer = {}
+    for op, name in _ops(model, sg):
+        for o in op.outputs:
+            producer[o] = (op, name)
+    names = set()
+    stack = []
+    for op, name in _ops(model, sg):
+        if name == POSTPROCESS_OP:
+            stack.extend(op.inputs[:2])
+    if not stack:  # raw-output model: the graph outputs
+        stack = list(sg.outputs)
+    seen = set()
+    while stack:
+        t = stack.pop()
+        if t < 0 or t in seen:
+            continue
+        seen.add(t)
+        tensor = sg.tensors[t]
+        if _has_data(model, tensor):
+            continue
+        names.add(tfl.tensor_name(tensor))
+        prod = producer.get(t)
+        if prod is None or prod[1] in CONV_OPS:
+            continue
+        stack.extend(prod[0].inputs)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration data
+
+
+def copy_sidecar(src, dst, *, drop: Sequence[str] = ("accuracy", "speed", "quantization", "calibration",
+                                                      "source", "name")) -> dict:
+    """Give ``dst`` the sidecar of ``src`` (labels, input, postprocess, anchors) with absolute file
+    references, minus the sections that describe ``src`` itself. Returns the data written."""
+    from ..sidecar import load_sidecar, resolve_relative, save_sidecar
+
+    data = dict(load_sidecar(src))
+    if not data:
+        return {}
+    if isinstance(data.get("labels"), str):
+        data["labels"] = str(resolve_relative(src, data["labels"]).resolve())
+    anchors = data.get("anchors")
+    if isinstance(anchors, dict) and isinstance(anchors.get("file"), str):
+        data["anchors"] = {**anchors, "file": str(resolve_relative(src, anchors["file"]).resolve())}
+    for key in drop:
+        data.pop(key, None)
+    save_sidecar(dst, data)
+    return data
+
+
+def calibration_preprocessor(model_path, interpreter=None):
+    """The inference preprocessor (``edgedet.preprocess``) for ``model_path``'s float input.
+
+    Calibration images go through exactly the resize, colour order and normalization that
+    ``edgedet run`` applies (from the interpreter's input and the model sidecar).
+    """
+    from ..model import input_spec
+    from ..preprocess import Preprocessor, letterbox_or_stretch
+    from ..sidecar import load_sidecar
+
+    if interpreter is None:
+        from ..runtime import load_interpreter
+
+        interpreter = load_interpreter(model_path, 1)
+    side = load_sidecar(model_path)
+    spec = input_spec(interpreter.get_input_details()[0], side)
+    resize = letterbox_or_stretch(None, (side.get("input") or {}).get("resize"))
+    return Preprocessor(spec, resize=resize)
+
+
+def load_inputs(images: Sequence, preprocessor) -> list[np.ndarray]:
+    """Model inputs ``[1, H, W, 3]`` (copies) for the calibration image files."""
+    import cv2
+
+    out = []
+    for p in images:
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ConfigError(f"cannot read calibration image {p}")
+        out.append(preprocessor.prepare(image, "BGR").tensor.copy())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ranges
+
+
+def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *, percentile: float = 100.0,
+                   exact: set = frozenset(), threads: Optional[int] = None, samples: int = 8192,
+                   seed: int = 0) -> dict:
+    """Global ``{name: (min, max)}`` over all ``inputs`` for the activation tensors ``names``.
+
+    Tensors in ``exact`` (and all when ``percentile >= 100``) get the true global min/max; the
+    others the ``100 - percentile`` / ``percentile`` percentiles of values pooled from every
+    image (a random sample of ``samples`` values per image and tensor), widened to include 0.
+    """
+    from ..runtime import load_interpreter
+
+    interp = load_interpreter(float_path, threads, preserve_all_tensors=True)
+    index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
+    wanted = {n: index[n] for n in names if n in index}
+    in_index = interp.get_input_details()[0]["index"]
+    rng = np.random.default_rng(seed)
+    lo = {n: np.inf for n in wanted}
+    hi = {n: -np.inf for n in wanted}
+    pools: dict = {n: [] for n in wanted}
+    robust = percentile < 100.0
+    for x in inputs:
+        interp.set_tensor(in_index, x)
+        interp.invoke()
+        for n, i in wanted.items():
+            v = interp.get_tensor(i)
+            if v.dtype != np.float32:
+                continue
+            v = v.reshape(-1)
+            lo[n] = min(lo[n], float(v.min()))
+            hi[n] = max(hi[n], float(v.max()))
+            if robust and n not in exact:
+                pools[n].append(v if v.size <= samples else v[rng.integers(0, v.size, samples)])
+    out = {}
+    for n in wanted:
+        if not np.isfinite(lo[n]):
+            continue
+        a, b = lo[n], hi[n]
+        if robust and n not in exact and pools[n]:
+            pool = np.concatenate(pools[n])
+            a = float(np.percentile(pool, 100.0 - percentile)) if a < 0 else a
+            b = float(np.percentile(pool, percentile)) if b > 0 else b
+        out[n] = (min(a, 0.0), max(b, 0.0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+
+
+def int8_recipe() -> list:
+    act = {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE", "dtype": "INT"}
+    wgt = {"num_bits": 8, "symmetric": True, "granularity": "CHANNELWISE", "dtype": "INT"}
+    base = {"activation_tensor_config": act, "weight_tensor_config": wgt, "compute_precision": "INTEGER",
+            "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0}
+    return [
+        {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": base},
+        # the model's own inputs and outputs stay float: QUANTIZE / DEQUANTIZE at the edges
+        {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},
+        {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
+    ]
+
+
+def _aeq_qsv_template(aeq_quantizer, float_bytes: bytes, sample: np.ndarray, input_name: str,
+                      signature: str) -> dict:
+    """The tensors the quantizer wants ranges for, with its QSV array shapes (one quick pass)."""
+    qt = aeq_quantizer.Quantizer(bytearray(float_bytes))
+    qt.load_quantization_recipe(int8_recipe())
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return qt.calibrate({signature: [{input_name: sample}]}, num_threads=1)
+
+
+def repair_dead_channels(qmodel, float_model) -> int:
+    """Recompute the int32 biases (and weight scales of all-zero channels) from the float model.
+
+    The quantizer gives an all-zero output channel a ~1e-11 weight scale; its bias then
+    overflows int32 and the channel's constant output is lost. Returns the channels repaired.
+    """
+    fsg = float_model.subgraphs[0]
+    float_bias = {}
+    for op, name in _ops(float_model, fsg):
+        if name in CONV_OPS and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            t = fsg.tensors[op.inputs[2]]
+            arr = tfl.tensor_array(float_model, t)
+            if arr is not None:
+                float_bias[tfl.tensor_name(t)] = arr.astype(np.float64)
+    sg = qmodel.subgraphs[0]
+    repaired = 0
+    for op, name in _ops(qmodel, sg):
+        if name not in CONV_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        x, w, b = (sg.tensors[i] for i in op.inputs[:3])
+        if int(w.type) != _INT8 or int(b.type) != _INT32 or _q_arrays(x) is None:
+            continue
+        fb = float_bias.get(tfl.tensor_name(b))
+        if fb is None:
+            continue
+        in_scale = float(_q_arrays(x)[0][0])
+        w_scale = np.asarray(w.quantization.scale, np.float64).copy()
+        wq = tfl.tensor_array(qmodel, w)
+        axis = int(w.quantization.quantizedDimension or 0)
+        nch = w_scale.size
+        per_ch = np.moveaxis(wq, axis, 0).reshape(nch, -1) if nch > 1 else wq.reshape(1, -1)
+        dead = (w_scale < 1e-8) & (np.abs(per_ch).max(axis=1) == 0) if nch > 1 else np.zeros(1, bool)
+        if dead.any():
+            w_scale[dead] = 1.0
+            w.quantization.scale = w_scale.astype(np.float32)
+            repaired += int(dead.sum())
+        bias_scale = in_scale * (w_scale if nch > 1 else np.full(fb.shape, w_scale[0]))
+        bias_q = np.clip(np.round(fb / bias_scale), -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        old = tfl.tensor_array(qmodel, b)
+        if dead.any() or not np.array_equal(old, bias_q):
+            b.quantization.scale = bias_scale.astype(np.float32)
+            b.quantization.zeroPoint = np.zeros(bias_scale.size, np.int64)
+            tfl.set_tensor_array(qmodel, b, bias_q)
+            qmodel.buffers[b.buffer].offset = 0
+            qmodel.buffers[b.buffer].size = 0
+    return repaired
+
+
+def _restore_io_names(qmodel, float_model) -> None:
+    """Give the quantized model's inputs/outputs the float model's tensor names (the quantizer
+    names them ``<name>_dequant`` / ``<name>_quant``); the inner int8 tensors get ``<name>_int8``."""
+    fsg, sg = float_model.subgraphs[0], qmodel.subgraphs[0]
+    by_name = {tfl.tensor_name(t): i for i, t in enumerate(sg.tensors)}
+    for f_idx, q_idx in list(zip(fsg.inputs, sg.inputs)) + list(zip(fsg.outputs, sg.outputs)):
+        want = tfl.tensor_name(fsg.tensors[f_idx])
+        have = tfl.tensor_name(sg.tensors[q_idx])
+        if have == want:
+            continue
+        other = by_name.get(want)
+        if other is not None and other != q_idx:
+            sg.tensors[other].name = (want + "_int8").encode()
+        sg.tensors[q_idx].name = want.encode()
+
+
+def int8_census(model) -> dict:
+    """How much of the network body is int8: conv weights and activation tensors (N of M)."""
+    sg = model.subgraphs[0]
+    conv_total = conv_int8 = 0
+    acts = set()
+    for op, name in _ops(model, sg):
+        if name in ("QUANTIZE", "DEQUANTIZE", POSTPROCESS_OP):
+            continue
+        for i in list(op.inputs) + list(op.outputs):
+            if i >= 0 and not _has_data(model, sg.tensors[i]):
+                acts.add(i)
+        if name in CONV_OPS:
+            conv_total += 1
+            x, w = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]]
+            y = sg.tensors[op.outputs[0]]
+            if int(w.type) == _INT8 and int(x.type) == _INT8 and int(y.type) == _INT8:
+                conv_int8 += 1
+    act_int8 = sum(1 for i in acts if int(sg.tensors[i].type) == _INT8)
+    return {"conv_int8": conv_int8, "conv_total": conv_total, "activations_int8": act_int8,
+            "activations_total": len(acts)}
+
+
+def census_of(path) -> dict:
+    return int8_census(tfl.read_model(path))
+
+
+def quantize_int8(src, out, calibration_images: Sequence, *, percentile: float = 99.99,
+                  threads: Optional[int] = None) -> QuantizeResult:
+    """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring)."""
+    import tempfile
+
+    if not calibration_images:
+        raise ConfigError("int8 quantization needs calibration images")
+    aeq = _require_aeq()
+    t0 = time.perf_counter()
+    model = tfl.read_model(src)
+    prepared = prepare_float_model(model)
+    float_bytes = tfl.model_to_bytes(model)
+    head = head_tensor_names(model)
+    with tempfile.TemporaryDirectory(prefix="edgedet-q-") as tmp:
+        float_path = Path(tmp) / "float.tflite"
+        float_path.write_bytes(float_bytes)
+        from ..runtime import load_interpreter
+
+        interp = load_interpreter(float_path, threads)
+        # the source's sidecar decides preprocessing; the prepared float copy has the same input
+        preprocessor = calibration_preprocessor(src, interp)
+        sig = model.signatureDefs[0]
+        signature = sig.signatureKey.decode() if isinstance(sig.signatureKey, bytes) else str(sig.signatureKey)
+        in_name = sig.inputs[0].name
+        in_name = in_name.decode() if isinstance(in_name, bytes) else str(in_name)
+        inputs = load_inputs(calibration_images, preprocessor)
+        template = _aeq_qsv_template(aeq, float_bytes, inputs[0], in_name, signature)
+        ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile, exact=head,
+                                threads=threads)
+        qsvs = {}
+        for name, qsv in template.items():
+            if name in ranges and "min" in qsv:
+                lo, hi = ranges[name]
+                qsvs[name] = {**qsv, "min": np.full_like(np.asarray(qsv["min"], np.float32), lo),
+                              "max": np.full_like(np.asarray(qsv["max"], np.float32), hi)}
+            else:
+                qsvs[name] = qsv
+        qt = aeq.Quantizer(bytearray(float_bytes))
+        qt.load_quantization_recipe(int8_recipe())
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                np.errstate(all="ignore"):
+            result = qt.quantize(qsvs, enable_progress_report=False)
+        qbytes = bytes(result.quantized_model)
+        qpath = Path(tmp) / "q.tflite"
+        qpath.write_bytes(qbytes)
+        qmodel = tfl.read_model(qpath)  # resolves offset buffers
+    repaired = repair_dead_channels(qmodel, model)
+    _restore_io_names(qmodel, model)
+    census = int8_census(qmodel)
+    tfl.write_model(qmodel, out)
+    recipe = {"mode": "int8", "tool": "ai-edge-quantizer", "weights": "int8 symmetric per-channel",
+              "activations": "int8 asymmetric per-tensor", "io": "float32",
+              "ranges": "global over the calibration set", "percentile": percentile,
+              "head_ranges": "min/max", "postprocess": "float" if prepared["had_postprocess"] else "none"}
+    try:
+        from importlib.metadata import version
+
+        recipe["tool_version"] = version("ai-edge-quantizer")
+    except Exception:  # pragma: no cover
+        pass
+    return QuantizeResult(Path(out), "int8", recipe, census, repaired, time.perf_counter() - t0, prepared)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring a quantized model against its source (on calibration data, never the eval set)
+
+
+def invoke_ms(path, threads: Optional[int] = None, runs: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of one ``invoke()`` on a random input (XNNPACK, ``threads``)."""
+    from ..runtime import load_interpreter
+
+    interp = load_interpreter(path, threads)
+    d = interp.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    if np.issubdtype(d["dtype"], np.integer):
+        info = np.iinfo(d["dtype"])
+        x = rng.integers(info.min, info.max, size=d["shape"], endpoint=True).astype(d["dtype"])
+    else:
+        x = rng.uniform(-1, 1, size=d["shape"]).astype(d["dtype"])
+    interp.set_tensor(d["index"], x)
+    for _ in range(warmup):
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        interp.invoke()
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def detection_agreement(ref, test, images: Sequence, *, score_threshold: float = 0.3,
+                        iou_threshold: float = 0.5) -> dict:
+    """How well ``test`` reproduces ``ref``'s detections (both ``detect(image) -> Detections``).
+
+    Greedy one-to-one matching per class at ``iou_threshold``: F1 of the matches, mean IoU and
+    mean absolute score difference of matched pairs.
+    """
+    import cv2
+
+    tp = n_ref = n_test = 0
+    ious, dscore = [], []
+    for p in images:
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ConfigError(f"cannot read image {p}")
+        a, b = ref(image), test(image)
+        a, b = a[a.scores >= score_threshold], b[b.scores >= score_threshold]
+        n_ref += len(a)
+        n_test += len(b)
+        if not len(a) or not len(b):
+            continue
+        iou = _iou(a.xyxy, b.xyxy)
+        iou[a.class_ids[:, None] != b.class_ids[None, :]] = 0
+        while True:
+            i, j = np.unravel_index(np.argmax(iou), iou.shape)
+            if iou[i, j] < iou_threshold:
+                break
+            tp += 1
+            ious.append(float(iou[i, j]))
+            dscore.append(abs(float(a.scores[i]) - float(b.scores[j])))
+            iou[i, :] = 0
+            iou[:, j] = 0
+    f1 = 2 * tp / max(n_ref + n_test, 1)
+    return {"f1": round(f1, 4), "matched": tp, "ref": n_ref, "test": n_test,
+            "mean_iou": round(float(np.mean(ious)), 4) if ious else 0.0,
+            "score_mae": round(float(np.mean(dscore)), 4) if dscore else 0.0}
+
+
+def compare_models(ref_path, test_path, images: Sequence, *, threads: Optional[int] = None,
+                   score_threshold: float = 0.3) -> dict:
+    """Detection agreement of two models on ``images`` (held-out calibration frames), both run by
+    the inference ``Detector`` (op-form or raw models alike)."""
+    from .evaluate import make_detector
+
+    ref, _ = make_detector(ref_path, threads=threads, score_threshold=score_threshold)
+    test, _ = make_detector(test_path, threads=threads, score_threshold=score_threshold)
+    result = detection_agreement(ref.detect, test.detect, images, score_threshold=score_threshold)
+    return {**result, "score_threshold": score_threshold}
+
+
+PERCENTILE_CANDIDATES = (100.0, 99.999, 99.99, 99.9)
+
+
+def choose_percentile(src, calibration, held_out, *, candidates: Sequence[float] = PERCENTILE_CANDIDATES,
+                      threads: Optional[int] = None, log=None) -> tuple[float, dict]:
+    """Quantize with each candidate percentile and keep the best detection agreement with the
+    source model on ``held_out`` calibration images (F1, then score error). Returns the percentile
+    and ``{percentile: agreement}``."""
+    import tempfile
+
+    scores = {}
+    with tempfile.TemporaryDirectory(prefix="edgedet-pct-") as tmp:
+        for p in candidates:
+            out = Path(tmp) / f"p{p}.tflite"
+            quantize_int8(src, out, calibration, percentile=p, threads=threads)
+            copy_sidecar(src, out)
+            scores[p] = compare_models(src, out, held_out, threads=threads)
+            if log:
+                log(f"percentile {p}: {scores[p]}")
+    best = max(candidates, key=lambda p: (scores[p]["f1"], -scores[p]["score_mae"]))
+    return best, scores
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16 weights and dynamic range
+
+
+def _opcode_index(model, builtin_name: str) -> int:
+    schema = tfl.schema()
+    code = getattr(schema.BuiltinOperator, builtin_name)
+    for i, oc in enumerate(model.operatorCodes):
+        if not oc.customCode and max(int(oc.builtinCode or 0), int(oc.deprecatedBuiltinCode or 0)) == code:
+            return i
+    oc = schema.OperatorCodeT()
+    oc.builtinCode = code
+    oc.deprecatedBuiltinCode = min(code, 127)
+    oc.version = 1
+    model.operatorCodes.append(oc)
+    return len(model.operatorCodes) - 1
+
+
+def quantize_fp16(src, out) -> QuantizeResult:
+    """float16 weights (conv and fully-connected) with ``DEQUANTIZE`` ops; float activations.
+
+    Halves the weight size; XNNPACK folds the ``DEQUANTIZE`` at load and runs in float32.
+    """
+    t0 = time.perf_counter()
+    model = tfl.read_model(src)
+    prepared = prepare_float_model(model)
+    schema = tfl.schema()
+    sg = model.subgraphs[0]
+    deq = _opcode_index(model, "DEQUANTIZE")
+    new_ops, converted = [], 0
+    for op, name in _ops(model, sg):
+        if name not in CONV_OPS:
+            continue
+        idx = op.inputs[1]
+        t = sg.tensors[idx]
+        if int(t.type) != _FLOAT32 or not _has_data(model, t):
+            continue
+        values = tfl.tensor_array(model, t)
+        half = schema.TensorT()
+        half.shape = np.array(t.shape, np.int32)
+        half.type = _FLOAT16
+        half.name = (tfl.tensor_name(t) + "_fp16").encode()
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(values.astype(np.float16).tobytes(), np.uint8)
+        model.buffers.append(buf)
+        half.buffer = len(model.buffers) - 1
+        sg.tensors.append(half)
+        old = t.buffer
+        model.buffers.append(schema.BufferT())
+        t.buffer = len(model.buffers) - 1  # the float tensor becomes the DEQUANTIZE output
+        if not any(other.buffer == old for other in sg.tensors):
+            model.buffers[old].data = None
+        d = schema.OperatorT()
+        d.opcodeIndex = deq
+        d.inputs = np.array([len(sg.tensors) - 1], np.int32)
+        d.outputs = np.array([idx], np.int32)
+        new_ops.append(d)
+        converted += 1
+    sg.operators = new_ops + list(sg.operators)
+    census = {"weights_fp16": converted}
+    tfl.write_model(model, out)
+    recipe = {"mode": "fp16", "weights": "float16", "activations": "float32"}
+    return QuantizeResult(Path(out), "fp16", recipe, census, 0, time.perf_counter() - t0, prepared)
+
+
+def quantize_dynamic(src, out) -> QuantizeResult:
+    """Dynamic range: int8 per-channel weights, float activations (quantized on the fly)."""
+    aeq = _require_aeq()
+    from ai_edge_quantizer import recipe as aeq_recipe
+
+    t0 = time.perf_counter()
+    model = tfl.read_model(src)
+    prepared = prepare_float_model(model)
+    qt = aeq.Quantizer(bytearray(tfl.model_to_bytes(model)))
+    qt.load_quantization_recipe(aeq_recipe.dynamic_wi8_afp32())
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            np.errstate(all="ignore"):
+        result = qt.quantize(enable_progress_report=False)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgedet-dq-") as tmp:
+        qpath = Path(tmp) / "q.tflite"
+        qpath.write_bytes(bytes(result.quantized_model))
+        qmodel = tfl.read_model(qpath)
+    sg = qmodel.subgraphs[0]
+    n = sum(1 for op, name in _ops(qmodel, sg) if name in CONV_OPS and int(sg.tensors[op.inputs[1]].type) == _INT8)
+    tfl.write_model(qmodel, out)
+    recipe = {"mode": "dynamic", "tool": "ai-edge-quantizer", "weights": "int8 symmetric per-channel",
+              "activations": "float32 (int8 on the fly)"}
+    return QuantizeResult(Path(out), "dynamic", recipe, {"weights_int8": n}, 0, time.perf_counter() - t0,
+                          prepared)

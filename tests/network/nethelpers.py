@@ -1,0 +1,336 @@
+"""Helpers for the network tests: real servers on 127.0.0.1 and real detections.
+
+- ``rtsp_server``: a relay RTSP server (npm ``rtsp-streaming-server``, run by ``rtsp_server.js``);
+  publishers push to ``publish_url(path)``, readers play ``read_url(path)``. It carries RTP over
+  UDP only. Its node_modules are found in ``$EDGEDET_TEST_NODE_MODULES`` or
+  ``~/.cache/edgedet-tests/node_modules`` (``npm install --prefix ~/.cache/edgedet-tests
+  rtsp-streaming-server@2.1.0``).
+- ``Publisher``: an ``ffmpeg -re -stream_loop -1`` publisher of a real video (stop/start at will).
+- ``mosquitto``: a Mosquitto broker (``/usr/sbin/mosquitto``) with optional password file.
+- ``detect_frames``: real detections of the SSD MobileNet v1 model on real video frames.
+
+A missing tool skips its tests, except under ``EDGEDET_REQUIRE_ASSETS=1`` (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+
+def need(condition: bool, what: str) -> None:
+    if condition:
+        return
+    msg = f"{what} is not available"
+    if os.environ.get("EDGEDET_REQUIRE_ASSETS") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def free_udp_range(count: int = 64) -> int:
+    """A start port with ``count`` free UDP ports after it (checked, best effort)."""
+    for _ in range(50):
+        start = free_port(socket.SOCK_DGRAM)
+        start -= start % 2
+        if start + count > 65000:
+            continue
+        socks = []
+        try:
+            for p in range(start, start + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((HOST, p))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free UDP port range")
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {HOST}:{port} after {timeout} s")
+
+
+def stop_process(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def rtsp_status(url: str, timeout: float = 2.0) -> int:
+    """The status code of a plain RTSP DESCRIBE of ``url`` (0 if no answer)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    req = f"DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode()
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as s:
+            s.sendall(req)
+            head = s.recv(256).decode("latin-1")
+        return int(head.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def wait_published(url: str, timeout: float = 15.0) -> None:
+    """Wait until the RTSP server serves ``url`` (the publisher has announced it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if rtsp_status(url) == 200:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not published after {timeout} s")
+
+
+def node_modules() -> Optional[Path]:
+    for cand in (os.environ.get("EDGEDET_TEST_NODE_MODULES"),
+                 str(Path.home() / ".cache" / "edgedet-tests" / "node_modules")):
+        if cand and (Path(cand) / "rtsp-streaming-server").is_dir():
+            return Path(cand)
+    return None
+
+
+class RtspServer:
+    """The relay RTSP server process (``rtsp_server.js``); can be stopped and started again."""
+
+    def __init__(self, mods: Path, log_path: Path) -> None:
+        self.mods, self.log_path = mods, log_path
+        self.publish_port, self.client_port = free_port(), free_port()
+        self.rtp_start = free_udp_range(200)
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> RtspServer:
+        env = dict(os.environ, NODE_PATH=str(self.mods))
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["node", str(HERE / "rtsp_server.js"), str(self.publish_port), str(self.client_port),
+             str(self.rtp_start)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        wait_port(self.publish_port)
+        wait_port(self.client_port)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def publish_url(self, path: str = "cam") -> str:
+        return f"rtsp://{HOST}:{self.publish_port}/{path}"
+
+    def read_url(self, path: str = "cam") -> str:
+        return f"rtsp://{HOST}:{self.client_port}/{path}"
+
+
+class Publisher:
+    """``ffmpeg -re -stream_loop -1 -i VIDEO -c:v libx264 ... -f rtsp URL`` (UDP for our test server)."""
+
+    def __init__(self, video: Path, url: str, log_path: Path, gop: int = 10, extra: tuple = ()) -> None:
+        self.video, self.url, self.log_path, self.gop, self.extra = video, url, log_path, gop, extra
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> Publisher:
+        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+               "-i", str(self.video), *self.extra, "-an", "-c:v", "libx264", "-preset", "ultrafast",
+               "-tune", "zerolatency", "-g", str(self.gop), "-pix_fmt", "yuv420p",
+               "-f", "rtsp", "-rtsp_transport", "udp", self.url]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> Publisher:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------ mosquitto
+
+@dataclass
+class Broker:
+    port: int
+    conf: Path
+    tmp: Path
+    proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> Broker:
+        self._log = open(self.tmp / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(self.conf)],
+                                     stdout=self._log, stderr=self._log)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def mosquitto_bin() -> str:
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def make_broker(tmp: Path, users: Optional[dict] = None, port: Optional[int] = None) -> Broker:
+    need(Path(mosquitto_bin()).exists(), "mosquitto (apt-get install mosquitto)")
+    port = port or free_port()
+    lines = [f"listener {port} {HOST}", "persistence false", "log_dest stderr"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        lines.append("user root")  # else it switches to user mosquitto, who cannot read our tmp dir
+    if users:
+        pw = tmp / "passwd"
+        pw.write_text("")
+        for user, password in users.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True,
+                           capture_output=True)
+        os.chmod(pw, 0o600)
+        lines += ["allow_anonymous false", f"password_file {pw}"]
+    else:
+        lines.append("allow_anonymous true")
+    conf = tmp / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return Broker(port, conf, tmp)
+
+
+# ------------------------------------------------------------------ chromium
+
+def chromium_bin() -> Optional[str]:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def chromium_screenshot(url: str, out: Path, tmp: Path, size: str = "1280,900",
+                        budget_ms: int = 4000, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Load ``url`` in a real headless Chromium and save a PNG screenshot to ``out``."""
+    chrome = chromium_bin()
+    need(chrome is not None, "chromium (apt-get install chromium)")
+    cmd = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
+           f"--window-size={size}", f"--virtual-time-budget={budget_ms}", "--hide-scrollbars",
+           f"--screenshot={out}", url]
+    return subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# ------------------------------------------------------------------ real detections
+
+class MiniDetector:
+    """SSD MobileNet v1 (its in-graph postprocess op) on BGR frames -> ``Detections`` in pixels.
+
+    Uses ``edgedet.detector`` when it exists; this small stand-in only serves to make real
+    ``Result`` objects for the sink tests.
+    """
+
+    def __init__(self, model: Path, labels: Path, threshold: float = 0.5) -> None:
+        from edgedet.runtime import load_interpreter
+
+        self.it = load_interpreter(model, 2)
+        self.it.allocate_tensors()
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()
+        self.labels = labels.read_text().splitlines()
+        self.threshold = threshold
+
+    def __call__(self, image):
+        import cv2
+        import numpy as np
+
+        from edgedet.detections import Detections
+
+        h, w = image.shape[:2]
+        x = cv2.resize(image, (300, 300))[:, :, ::-1][None]
+        self.it.set_tensor(self.inp["index"], np.ascontiguousarray(x, dtype=np.uint8))
+        self.it.invoke()
+        boxes, classes, scores, count = (self.it.get_tensor(o["index"]) for o in self.out[:4])
+        n = int(count.reshape(-1)[0])
+        boxes, classes, scores = boxes[0, :n], classes[0, :n], scores[0, :n]
+        keep = scores >= self.threshold
+        yxyx = boxes[keep]
+        xyxy = np.stack([yxyx[:, 1] * w, yxyx[:, 0] * h, yxyx[:, 3] * w, yxyx[:, 2] * h], axis=1)
+        return Detections(xyxy, scores[keep], classes[keep].astype(np.int32))
+
+
+def draw(image, dets, labels):
+    """A simple overlay (green boxes) for tests; the pipeline draws its own."""
+    import cv2
+
+    out = image.copy()
+    for (x1, y1, x2, y2), c in zip(dets.xyxy.astype(int).tolist(), dets.class_ids.tolist()):
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), 3)
+        cv2.putText(out, labels[c] if c < len(labels) else str(c), (x1, max(12, y1 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+    return out
+
+
+def make_results(video: Path, model: Path, labels_path: Path, count: int = 30, step: int = 3):
+    """Real ``Result`` objects (with an annotated image) for frames of a real video."""
+    import cv2
+
+    from edgedet.frame import Frame, Result
+
+    det = MiniDetector(model, labels_path)
+    cap = cv2.VideoCapture(str(video))
+    results = []
+    index = 0
+    try:
+        while len(results) < count:
+            ok, image = cap.read()
+            if not ok:
+                break
+            index += 1
+            if index % step:
+                continue
+            t0 = time.perf_counter()
+            dets = det(image)
+            ms = (time.perf_counter() - t0) * 1000
+            frame = Frame(image=image, index=index, timestamp=time.monotonic(), wall_time=time.time())
+            results.append(Result(frame=frame, detections=dets, timings={"invoke": ms, "decode": 0.1},
+                                  labels=det.labels, annotated=draw(image, dets, det.labels), fps=10.0))
+    finally:
+        cap.release()
+    return results
+
+
+def run_python(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)

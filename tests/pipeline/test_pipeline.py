@@ -1,0 +1,219 @@
+"""The pipeline machinery with a stand-in detector (real sources, real sinks, real threads)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from standin import StandinDetector
+
+from edgedet.frame import Frame
+from edgedet.pipeline import Pipeline, StopRequested
+from edgedet.sinks.base import BaseSink, SinkContext
+from edgedet.sinks.events import EventsSink
+from edgedet.sources.file import VideoFileSource
+from edgedet.sources.images import ImageSource
+
+
+class Collect(BaseSink):
+    def __init__(self, needs_annotated=False, stop_after=None, fail_at=None):
+        self.needs_annotated = needs_annotated
+        self.results = []
+        self.opened = self.closed = 0
+        self.stop_after = stop_after
+        self.fail_at = fail_at
+
+    def open(self):
+        self.opened += 1
+
+    def write(self, result):
+        if self.fail_at is not None and len(self.results) >= self.fail_at:
+            raise OSError("disk full")
+        self.results.append(result)
+        if self.stop_after is not None and len(self.results) >= self.stop_after:
+            raise StopRequested("user closed the window")
+
+    def close(self):
+        self.closed += 1
+
+
+class SyntheticSource:
+    """A live-like source producing numbered frames at ``fps`` (or as fast as asked)."""
+
+    def __init__(self, n=100, fps=0.0, live=True, size=(64, 48), lores=None):
+        self.n, self.fps, self.live, self.name = n, fps, live, "synthetic"
+        self.size, self.lores = size, lores
+        self.i = 0
+        self.opened = self.closed = 0
+
+    def open(self):
+        self.opened += 1
+
+    def close(self):
+        self.closed += 1
+
+    def stats(self):
+        return {"frames_read": self.i}
+
+    def read(self):
+        if self.i >= self.n:
+            return None
+        if self.fps:
+            time.sleep(1.0 / self.fps)
+        w, h = self.size
+        img = np.full((h, w, 3), self.i % 255, np.uint8)
+        lores = None if self.lores is None else np.zeros((self.lores[1], self.lores[0], 3), np.uint8)
+        f = Frame(img, self.i, time.monotonic(), time.time(), lores=lores)
+        self.i += 1
+        return f
+
+
+def test_file_without_drop_processes_every_frame_in_order(pedestrians_video):
+    sink = Collect()
+    with Pipeline(VideoFileSource(pedestrians_video), StandinDetector(), [sink], drop=False) as p:
+        snap = p.run()
+    idx = [r.frame.index for r in sink.results]
+    assert idx == list(range(795))
+    assert snap["frames"] == {"captured": 795, "processed": 795, "output": 795}
+    assert snap["dropped"]["total"] == 0
+    assert p.stop_reason == "end of input"
+    assert sink.opened == 1 and sink.closed == 1
+    r = sink.results[0]
+    assert r.labels == ["person", "car"] and len(r.detections) == 1
+    assert set(r.timings) >= {"preprocess", "invoke", "decode"}
+    assert r.annotated is None  # no sink asked for the overlay
+
+
+def test_live_slow_detector_drops_and_counts_every_dropped_frame():
+    src = SyntheticSource(n=60, fps=200)
+    sink = Collect()
+    with Pipeline(src, StandinDetector(infer_s=0.03), [sink], drop=True) as p:
+        snap = p.run()
+    dropped = snap["dropped"]
+    assert dropped["to_infer"] > 20
+    # every captured frame is either output or counted as dropped at one of the slots
+    assert snap["frames"]["captured"] == 60
+    assert snap["frames"]["output"] + dropped["total"] == 60
+    idx = [r.frame.index for r in sink.results]
+    assert idx == sorted(idx) and idx[-1] == 59  # newest wins: the last frame is always processed
+
+
+def test_max_frames_exact_without_drop(pedestrians_video):
+    sink = Collect()
+    with Pipeline(VideoFileSource(pedestrians_video), StandinDetector(), [sink], drop=False, max_frames=17) as p:
+        snap = p.run()
+    assert len(sink.results) == 17 and snap["frames"]["output"] == 17
+    assert snap["frames"]["captured"] == 17
+
+
+def test_max_frames_with_drop_outputs_exactly_that_many():
+    sink = Collect()
+    with Pipeline(SyntheticSource(n=10_000, fps=500), StandinDetector(infer_s=0.005), [sink], drop=True,
+                  max_frames=20) as p:
+        snap = p.run()
+    assert len(sink.results) == 20 and snap["frames"]["output"] == 20
+    assert p.stop_reason == "max frames"
+
+
+def test_stop_from_another_thread_finishes_in_flight_frames(tmp_path):
+    events = tmp_path / "e.jsonl"
+    src = SyntheticSource(n=10**9, fps=100)
+    with Pipeline(src, StandinDetector(infer_s=0.01), [EventsSink(str(events))], drop=False) as p:
+        threading.Timer(0.5, p.stop).start()
+        t0 = time.monotonic()
+        snap = p.run()
+        assert time.monotonic() - t0 < 3
+    lines = events.read_text().splitlines()
+    assert len(lines) == snap["frames"]["output"] == snap["frames"]["captured"] > 10
+    assert all(json.loads(line)["detections"] for line in lines)  # every line is complete
+
+
+def test_stage_error_stops_everything_and_is_raised():
+    src = SyntheticSource(n=10**9, fps=0)
+    sink = Collect()
+    with pytest.raises(RuntimeError, match="stand-in failure"):
+        with Pipeline(src, StandinDetector(fail_at=5), [sink], drop=False) as p:
+            p.run()
+    assert sink.closed == 1 and src.closed == 1
+
+
+def test_sink_error_is_raised_and_sinks_closed():
+    sink, other = Collect(fail_at=3), Collect()
+    with pytest.raises(OSError, match="disk full"):
+        with Pipeline(SyntheticSource(n=1000), StandinDetector(), [other, sink], drop=False) as p:
+            p.run()
+    assert sink.closed == 1 and other.closed == 1
+
+
+def test_stop_requested_by_a_sink_is_a_clean_stop():
+    sink = Collect(stop_after=5)
+    with Pipeline(SyntheticSource(n=10**9, fps=200), StandinDetector(), [sink], drop=True) as p:
+        p.run()
+    assert p.stop_reason == "stop requested by a sink"
+    assert len(sink.results) == 5
+
+
+def test_overlay_drawn_once_when_a_sink_needs_it():
+    a, b = Collect(needs_annotated=True), Collect()
+    with Pipeline(SyntheticSource(n=5, size=(320, 240)), StandinDetector(), [a, b], drop=False) as p:
+        snap = p.run()
+    r = a.results[0]
+    assert r.annotated is not None and r.annotated is b.results[0].annotated
+    assert r.annotated.shape == r.frame.image.shape
+    assert not np.array_equal(r.annotated, r.frame.image)  # the box was drawn on a copy
+    assert snap["stages_ms"]["overlay"]["n"] == 5
+
+
+def test_lores_frames_are_detected_on_lores_and_mapped_to_main():
+    det = StandinDetector()
+    sink = Collect()
+    src = SyntheticSource(n=3, size=(1280, 720), lores=(320, 180))
+    with Pipeline(src, det, [sink], drop=False) as p:
+        p.run()
+    box = sink.results[0].detections.xyxy[0]
+    np.testing.assert_allclose(box, [320, 180, 960, 540], atol=0.5)
+
+
+def test_context_gets_source_fps_and_live_stats(pedestrians_video):
+    ctx = SinkContext()
+    seen = {}
+
+    class Peek(BaseSink):
+        def open(self):
+            seen["fps"] = ctx.source_fps
+            seen["name"] = ctx.source_name
+
+        def write(self, result):
+            seen["stats"] = ctx.stats()
+
+    with Pipeline(VideoFileSource(pedestrians_video), StandinDetector(), [Peek()], drop=False, max_frames=5,
+                  context=ctx) as p:
+        p.run()
+    assert seen["fps"] == pytest.approx(10.0)
+    assert seen["name"].endswith("pedestrians_480x360.avi")
+    assert seen["stats"]["frames"]["captured"] >= 1
+    assert ctx.labels == ["person", "car"]
+
+
+def test_source_that_cannot_open_closes_nothing_twice(tmp_path):
+    sink = Collect()
+    from edgedet.errors import SourceError
+
+    with pytest.raises(SourceError):
+        with Pipeline(ImageSource(tmp_path / "missing"), StandinDetector(), [sink], drop=False) as p:
+            p.run()
+    assert sink.opened == 0 and sink.closed == 0
+
+
+def test_periodic_stats_are_printed(capsys):
+    import io
+
+    buf = io.StringIO()
+    with Pipeline(SyntheticSource(n=40, fps=100), StandinDetector(), [], drop=True, stats_interval=0.1,
+                  stats_stream=buf) as p:
+        p.run()
+    blocks = [line for line in buf.getvalue().splitlines() if line.startswith("edgedet stats")]
+    assert len(blocks) >= 2
