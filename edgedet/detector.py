@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .detections import Detections
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
 from .labels import class_ids_for, fit_labels, generic_labels, read_label_file
 from .model import LoadedModel, ModelInfo, open_model
 from .postprocess.decode import DecodeSettings, SSDDecoder
@@ -108,6 +108,7 @@ class Detector:
             backend=loaded.backend,
             threads=loaded.threads,
             anchors_source=loaded.anchors_source,
+            name=str(loaded.sidecar.get("name") or path.stem),
         )
 
     # -- construction -----------------------------------------------------------------------------
@@ -200,25 +201,10 @@ class Detector:
 
 
 def _open(path: Path, threads, postprocess: str, iou_threshold, max_detections, class_agnostic) -> LoadedModel:
-    if postprocess in ("op", "ours"):
-        loaded = open_model(path, threads=threads, postprocess=postprocess)
-        if postprocess == "op":
-            _check_op_can(loaded, iou_threshold, max_detections, class_agnostic)
-        return loaded
-    # auto: our decode wherever it can stand in for the op
-    try:
-        return open_model(path, threads=threads, postprocess="ours")
-    except ModelError as exc:
-        if "no TFLite_Detection_PostProcess" in str(exc) or "not an SSD" in str(exc) or "cannot" not in str(exc):
-            try:
-                loaded = open_model(path, threads=threads, postprocess="op")
-            except ModelError as exc2:
-                if "has no TFLite_Detection_PostProcess" in str(exc2):
-                    raise exc from None
-                raise
-            _check_op_can(loaded, iou_threshold, max_detections, class_agnostic)
-            return loaded
-        raise
+    loaded = open_model(path, threads=threads, postprocess=postprocess)
+    if loaded.decoder == "op":
+        _check_op_can(loaded, iou_threshold, max_detections, class_agnostic)
+    return loaded
 
 
 def _check_op_can(loaded: LoadedModel, iou_threshold, max_detections, class_agnostic) -> None:

@@ -110,6 +110,8 @@ class ModelInfo:
     threads: int = 1
     anchors_source: str = ""
 
+    name: str = ""  # the sidecar's name, else the file's stem
+
     @property
     def op_options(self) -> dict:
         return self.options.as_dict()
@@ -307,47 +309,62 @@ def _backend() -> str:
         return ""
 
 
-def open_model(path: str | os.PathLike, *, threads: Optional[int] = None, postprocess: str = "op") -> LoadedModel:
-    """Load ``path`` and work out its form. ``postprocess``: "op" keeps an in-graph op, "ours" strips it."""
+def open_model(path: str | os.PathLike, *, threads: Optional[int] = None, postprocess: str = "auto") -> LoadedModel:
+    """Load ``path`` and work out its form.
+
+    ``postprocess``: "op" keeps an in-graph op, "ours" strips it (in memory) for our decode, "auto"
+    strips it when it can and keeps it otherwise (anchors that are not a constant, options we do not
+    understand). Models without the op are always decoded by us ("op" is then an error).
+    """
     from .runtime import default_threads
 
     path = Path(path)
-    if postprocess not in ("op", "ours"):
-        raise ModelError(f"postprocess must be 'op' or 'ours', got {postprocess!r}")
+    if postprocess not in ("auto", "op", "ours"):
+        raise ModelError(f"postprocess must be auto, op or ours, got {postprocess!r}")
     model_t = read_model(path)
     sidecar = load_sidecar(path)
     nthreads = int(threads or default_threads())
     found = find_postprocess_op(model_t)
-    if found is not None:
+    if found is None:
+        if postprocess == "op":
+            raise ModelError(f"model has no {POSTPROCESS_OP} op: decode it with postprocess 'ours'")
+        lm = _finish_raw_model(_load(path, nthreads), None, sidecar, path)
+    else:
         si, oi = found
         sub = model_t.subgraphs[si]
         op = sub.operators[oi]
-        raw_opts = read_op_options(op)
+        op_outputs = list(op.outputs)
+        num_anchors = int(sub.tensors[op.inputs[0]].shape[-2])
         n_with_bg = int(sub.tensors[op.inputs[1]].shape[-1])
-        options = PostprocessOptions.from_op(raw_opts)
+        options = PostprocessOptions.from_op(read_op_options(op))
         options = replace(options, background=max(0, n_with_bg - options.num_classes))
-        if postprocess == "op":
-            interp = _load(path, nthreads)
-            lm = _finish_op_model(interp, list(op.outputs), options, sidecar)
-            lm.num_anchors = int(sub.tensors[op.inputs[0]].shape[-2])
-        else:
-            from .tools.strip import strip_in_memory
-
-            stripped = strip_in_memory(model_t)
-            interp = _load_bytes(stripped.model_bytes, nthreads, path.stem)
-            options = PostprocessOptions.from_op(stripped.options, background=stripped.background)
-            lm = _finish_raw_model(interp, options, sidecar, path, anchors=stripped.anchors,
-                                   anchors_source=f"{POSTPROCESS_OP} op constant",
-                                   outputs={"boxes": stripped.boxes_name, "scores": stripped.scores_name})
-            lm.form = "op"
-            lm.options = replace(lm.options, score_activation=stripped.score_activation)
-    else:
-        if postprocess == "op":
-            raise ModelError(f"model has no {POSTPROCESS_OP} op: decode it with postprocess 'ours'")
-        interp = _load(path, nthreads)
-        lm = _finish_raw_model(interp, None, sidecar, path)
+        lm = None
+        if postprocess in ("auto", "ours"):
+            try:
+                lm = _open_stripped(model_t, path, nthreads, sidecar)
+            except ModelError:
+                if postprocess == "ours":
+                    raise
+        if lm is None:
+            lm = _finish_op_model(_load(path, nthreads), op_outputs, options, sidecar)
+            lm.num_anchors = num_anchors
     lm.backend = _backend()
     lm.threads = nthreads
+    return lm
+
+
+def _open_stripped(model_t, path: Path, threads: int, sidecar: dict) -> LoadedModel:
+    """The op removed in memory; its anchors and options drive our decode."""
+    from .tools.strip import strip_in_memory
+
+    stripped = strip_in_memory(model_t)
+    interp = _load_bytes(stripped.model_bytes, threads, path.stem)
+    options = PostprocessOptions.from_op(stripped.options, background=stripped.background)
+    options = replace(options, score_activation=stripped.score_activation)
+    lm = _finish_raw_model(interp, options, sidecar, path, anchors=stripped.anchors,
+                           anchors_source=f"{POSTPROCESS_OP} op constant",
+                           outputs={"boxes": stripped.boxes_name, "scores": stripped.scores_name})
+    lm.form = "op"
     return lm
 
 

@@ -88,6 +88,8 @@ class Pipeline:
     ``invoke_ms``), ``decode(raw, prepared) -> Detections`` and ``labels``. ``context`` (optional)
     is the ``SinkContext`` the sinks were built with: the pipeline fills in the source's name and
     fps once it is open, and the live stats callables, before the sinks are opened.
+    A sink with a ``poll()`` method (the window) is polled from the thread that calls ``run``
+    every 10 ms; ``poll()`` returning False ends the run.
     """
 
     def __init__(self, source: Source, detector, sinks: Sequence[Sink], *, drop: bool,

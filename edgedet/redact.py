@@ -32,6 +32,15 @@ def mask_url(url: str) -> str:
         ends = [i for i in (out.find(c, start) for c in "/?#") if i >= 0]
         end = min(ends) if ends else len(out)
         authority = out[start:end]
+        if "@" not in authority:
+            # a password with an unescaped '/', '?' or '#' ends the authority early: when an '@'
+            # follows with a ':' before it, mask up to that '@' (over-masking beats a leak)
+            q_ends = [i for i in (out.find(c, start) for c in "?#") if i >= 0]
+            at = out.rfind("@", start, min(q_ends) if q_ends else len(out))
+            if at > 0 and ":" in out[start:at]:
+                end = out.find("/", at)
+                end = end if end >= 0 else (min(q_ends) if q_ends else len(out))
+                authority = out[start:end]
         if "@" in authority:
             userinfo, _, host = authority.rpartition("@")
             user, sep, _password = userinfo.partition(":")

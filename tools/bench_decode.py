@@ -10,7 +10,9 @@ memory; every image of the dataset is prepared once and run through both interpr
 * time: op = median over images of (invoke with op - invoke without it), per image the median of
   ``--repeat`` back-to-back pairs; ours = median over images of the median of ``--repeat`` decodes
   (at the op's threshold and at ``--threshold``);
-  copy = time to copy the raw outputs out of the interpreter (``Detector.infer`` does it).
+  copy = time to copy the raw outputs out of the interpreter (``Detector.infer`` does it);
+  op_alone = the op by itself (a one-op model fed the same raw outputs; median of ``--repeat``),
+  a low-noise cross-check of the difference above.
 
     python tools/bench_decode.py                     # table
     python tools/bench_decode.py --json out.json     # and machine-readable results
@@ -37,7 +39,7 @@ from edgedet.postprocess.nms import iou_matrix  # noqa: E402
 from edgedet.preprocess import InputSpec, Preprocessor, default_normalization  # noqa: E402
 from edgedet.runtime import load_interpreter  # noqa: E402
 from edgedet.tflite_file import read_model  # noqa: E402
-from edgedet.tools.strip import strip_in_memory  # noqa: E402
+from edgedet.tools.strip import _drop_unused_opcodes, _drop_unused_tensors, strip_in_memory  # noqa: E402
 
 
 def assets_dir() -> Path:
@@ -53,6 +55,24 @@ DEFAULT_MODELS = [
 ]
 
 
+def op_only_model(path: Path) -> bytes:
+    """The postprocess op alone: its box encodings and class predictions become graph inputs."""
+    from edgedet.tflite_file import model_to_bytes
+
+    model = read_model(path)
+    si, oi = find_postprocess_op(model)
+    sub = model.subgraphs[si]
+    op = sub.operators[oi]
+    sub.operators = [op]
+    sub.inputs = np.array(list(op.inputs)[:2], np.int32)
+    sub.outputs = np.array(list(op.outputs), np.int32)
+    model.signatureDefs = None
+    _drop_unused_tensors(model, si)
+    del model._edgedet_remap
+    _drop_unused_opcodes(model)
+    return model_to_bytes(model)
+
+
 class Pair:
     """One model with its op and the same model stripped, plus our decoder for it."""
 
@@ -65,6 +85,9 @@ class Pair:
         self.op_options = read_op_options(op)
         stripped = strip_in_memory(model_t)
         self.raw = _load_bytes(stripped.model_bytes, threads, path.stem)
+        self.op_only = _load_bytes(op_only_model(path), threads, path.stem + ".op")
+        ins = self.op_only.get_input_details()
+        self.op_only_in = sorted(ins, key=lambda d: int(d["shape"][-1]) == 4)  # scores first, then boxes
         d = self.op.get_input_details()[0]
         mean, std = default_normalization(d["dtype"])
         scale, zp = d["quantization"]
@@ -120,6 +143,19 @@ def interleaved_invokes(pair: Pair, tensor, repeat: int) -> tuple[float, float, 
     return statistics.median(op), statistics.median(raw), statistics.median(diffs)
 
 
+def op_only_ms(pair: Pair, enc: np.ndarray, sc: np.ndarray, repeat: int) -> float:
+    """Median time of the op alone on these raw outputs."""
+    scores_d, boxes_d = pair.op_only_in
+    times = []
+    for _ in range(repeat + 1):
+        pair.op_only.set_tensor(boxes_d["index"], enc)
+        pair.op_only.set_tensor(scores_d["index"], sc)
+        t0 = time.perf_counter()
+        pair.op_only.invoke()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times[1:])
+
+
 def compare(op, ours, score_step: float) -> tuple[str, float, float]:
     """'match' | 'tie' | 'mismatch', min IoU, max |score diff| (matched by rank)."""
     ob, os_, oc = op
@@ -154,7 +190,7 @@ def bench_model(path: Path, images: list[Path], threads: int, repeat: int, thres
     step = float(pair.score_d["quantization"][0]) or 0.0
     rows = {"match": 0, "tie": 0, "mismatch": 0}
     mismatches = []
-    op_ms, raw_ms, diff_ms, ours_ms, ours_user_ms, copy_ms = [], [], [], [], [], []
+    op_ms, raw_ms, diff_ms, ours_ms, ours_user_ms, copy_ms, alone_ms = [], [], [], [], [], [], []
     min_iou, max_ds = 1.0, 0.0
     for img_path in images:
         image = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
@@ -179,6 +215,7 @@ def bench_model(path: Path, images: list[Path], threads: int, repeat: int, thres
             t0 = time.perf_counter()
             dec_user(enc, sc)
             times_user.append((time.perf_counter() - t0) * 1000.0)
+        alone_ms.append(op_only_ms(pair, enc, sc, repeat))
         ours_ms.append(statistics.median(times))
         ours_user_ms.append(statistics.median(times_user))
         verdict, iou, ds = compare(op, ours, step or 1e-6)
@@ -203,10 +240,12 @@ def bench_model(path: Path, images: list[Path], threads: int, repeat: int, thres
         "invoke_op_ms": round(med(op_ms), 3),
         "invoke_raw_ms": round(med(raw_ms), 3),
         "op_ms": round(med(diff_ms), 3),
+        "op_alone_ms": round(med(alone_ms), 3),
         "ours_ms_at_op_threshold": round(med(ours_ms), 3),
         f"ours_ms_at_{threshold:g}": round(med(ours_user_ms), 3),
         "copy_raw_outputs_ms": round(med(copy_ms), 3),
         "ours_not_slower": bool(med(ours_ms) <= med(diff_ms)),
+        "ours_not_slower_than_op_alone": bool(med(ours_ms) <= med(alone_ms)),
         "threads": threads,
     }
 
@@ -229,7 +268,7 @@ def main(argv=None) -> int:
         return 2
     results = [bench_model(m, images, args.threads, args.repeat, args.threshold) for m in models]
     cols = ["model", "images", "match", "tie_only", "mismatch", "min_iou", "max_score_diff", "invoke_op_ms",
-            "invoke_raw_ms", "op_ms", "ours_ms_at_op_threshold", f"ours_ms_at_{args.threshold:g}",
+            "invoke_raw_ms", "op_ms", "op_alone_ms", "ours_ms_at_op_threshold", f"ours_ms_at_{args.threshold:g}",
             "copy_raw_outputs_ms", "ours_not_slower"]
     table = [cols] + [[str(r[c]) for c in cols] for r in results]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]

@@ -47,14 +47,15 @@ def command(model, source, threads, runs, warmup, frames, postprocess, labels, o
       edgedet bench --model model.tflite --runs 200 --json > bench.json
     """
     import logging
-    import os
 
     from ..tools.bench import BenchSettings, format_report, run_bench
 
     logging.getLogger("edgedet").setLevel(logging.WARNING)
     sweep_n = None
     if sweep == "threads":
-        sweep_n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        from ..cpu import available_cores
+
+        sweep_n = threads or len(available_cores())
     settings = BenchSettings(model=model, source=source, threads=threads, runs=runs, warmup=warmup, frames=frames,
                              postprocess=postprocess, labels=labels, opencv_threads=opencv_threads,
                              sweep_threads=sweep_n)

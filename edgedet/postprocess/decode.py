@@ -170,11 +170,12 @@ class SSDDecoder:
         top_scores = np.take_along_axis(cls_scores, top, axis=1)
         return np.repeat(boxes, k, axis=0), top_scores.reshape(-1), top.reshape(-1).astype(np.int32)
 
-    def _greedy_tiers(self, enc: np.ndarray, rows: np.ndarray, best: np.ndarray):
-        """Greedy NMS over candidates in decreasing score (ties by anchor order), decoding boxes only
-        for the best tier of candidates at a time: almost always the first tier is enough.
+    def _greedy_tiers(self, enc: np.ndarray, rows: np.ndarray, best: np.ndarray, cls: Optional[np.ndarray] = None):
+        """Greedy NMS over candidates in decreasing score (ties in candidate order), decoding boxes
+        only for the best tier of candidates at a time: almost always the first tier is enough.
+        With ``cls`` a box only suppresses boxes of its own class.
 
-        Returns (indices into ``rows`` of the kept candidates in order, their boxes)."""
+        Returns (indices of the kept candidates in order, their boxes)."""
         s = self.s
         max_det = int(s.max_detections)
         chunk = max(64, 8 * max_det)
@@ -193,12 +194,17 @@ class SSDDecoder:
             boxes = self._decode(enc, rows[tier])
             if n_kept:
                 prev = np.concatenate(kept_boxes)
-                alive = ~(iou_matrix(prev, boxes) > thr).any(axis=0)
+                hit = iou_matrix(prev, boxes) > thr
+                if cls is not None:
+                    hit &= cls[np.concatenate(kept_idx)][:, None] == cls[tier][None, :]
+                alive = ~hit.any(axis=0)
                 tier, boxes = tier[alive], boxes[alive]
-            k = nms_sorted(boxes, s.iou_threshold, max_det - n_kept)
-            kept_idx.append(tier[k])
-            kept_boxes.append(boxes[k])
-            n_kept += len(k)
+            if len(tier):
+                nms_boxes = boxes if cls is None else offset_by_class(boxes, cls[tier])
+                k = nms_sorted(nms_boxes, s.iou_threshold, max_det - n_kept)
+                kept_idx.append(tier[k])
+                kept_boxes.append(boxes[k])
+                n_kept += len(k)
             chunk *= 4
         if not kept_idx:
             return np.zeros(0, np.intp), np.zeros((0, 4), np.float32)
@@ -209,37 +215,41 @@ class SSDDecoder:
         thr = self._raw_threshold
         if thr is None:
             full = self.class_scores(sc)
-            rows, cls = np.nonzero(full >= np.float32(s.score_threshold))
+            cls, rows = np.nonzero(full.T >= np.float32(s.score_threshold))
             vals = full[rows, cls]
         else:
             raw_thr, impossible = thr
             if impossible:
                 return _empty()
             view = sc[:, s.background:] if s.background else sc
-            rows, cls = np.nonzero(view >= raw_thr)
+            # class-major order: equal scores rank by class, then anchor (as the op's per-class merge)
+            cls, rows = np.nonzero(view.T >= raw_thr)
             vals = self._activate(_dequant(view[rows, cls], self.scores_quant))
             ok = vals >= np.float32(s.score_threshold)
             if not ok.all():
                 rows, cls, vals = rows[ok], cls[ok], vals[ok]
         if len(rows) == 0:
             return _empty()
+        if s.pre_nms_top_k is not None and len(rows) > s.pre_nms_top_k:
+            top = _top_prefix(vals, s.pre_nms_top_k)
+            rows, cls, vals = rows[top], cls[top], vals[top]
+        if s.detections_per_class >= s.max_detections:  # the per-class cap can never bind
+            kept, boxes = self._greedy_tiers(enc, rows, vals, cls)
+            return boxes, vals[kept], cls[kept].astype(np.int32)
         order = np.argsort(-vals, kind="stable")
-        if s.pre_nms_top_k is not None and len(order) > s.pre_nms_top_k:
-            order = order[: s.pre_nms_top_k]
         rows, cls, vals = rows[order], cls[order], vals[order]
         uniq, inverse = np.unique(rows, return_inverse=True)
         boxes = self._decode(enc, uniq)[inverse]
-        per_class_cap = s.detections_per_class < s.max_detections
-        kept = nms_sorted(offset_by_class(boxes, cls), s.iou_threshold,
-                          None if per_class_cap else s.max_detections)
-        if per_class_cap:
-            kc = cls[kept]
-            order_c = np.argsort(kc, kind="stable")
-            sorted_c = kc[order_c]
-            starts = np.searchsorted(sorted_c, sorted_c, side="left")
-            rank = np.empty(len(kc), np.intp)
-            rank[order_c] = np.arange(len(kc)) - starts
-            kept = kept[rank < s.detections_per_class][: s.max_detections]
+        kept = nms_sorted(offset_by_class(boxes, cls), s.iou_threshold)
+        # at most detections_per_class per class (later boxes of a full class only suppress their own
+        # class's even later boxes, which are dropped anyway), then the best max_detections
+        kc = cls[kept]
+        order_c = np.argsort(kc, kind="stable")
+        sorted_c = kc[order_c]
+        starts = np.searchsorted(sorted_c, sorted_c, side="left")
+        rank = np.empty(len(kc), np.intp)
+        rank[order_c] = np.arange(len(kc)) - starts
+        kept = kept[rank < s.detections_per_class][: s.max_detections]
         return boxes[kept], vals[kept], cls[kept].astype(np.int32)
 
     def _decode(self, enc: np.ndarray, rows: np.ndarray) -> np.ndarray:

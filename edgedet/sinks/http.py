@@ -205,9 +205,11 @@ class HttpSink(BaseSink):
     def open(self) -> None:
         if self._server is not None:
             return
-        from .metrics import Metrics
+        from .metrics import Metrics, extras_for
 
-        self.metrics = Metrics(self.ctx.stats, self.ctx.source_stats, self.extra_metrics)
+        ctx = self.ctx  # read through ctx at scrape time: the pipeline fills it in before open()
+        self.metrics = Metrics(lambda: ctx.stats(), lambda: ctx.source_stats(),
+                               lambda: self.extra_metrics + extras_for(ctx))
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         server_cls = type("EdgedetHTTPServer", (ThreadingHTTPServer,),
                           {"address_family": family, "daemon_threads": True, "allow_reuse_address": True})
@@ -311,6 +313,14 @@ def _handler_for(sink: HttpSink):
             log.debug("%s %s", self.address_string(), mask_text(fmt % args))
 
         def do_GET(self):  # noqa: N802 - http.server API
+            self._serve(head=False)
+
+        def do_HEAD(self):  # noqa: N802
+            self._serve(head=True)
+
+        def _serve(self, head: bool) -> None:
+            self._head_only = head  # one handler serves every request of a keep-alive connection
+            self._cookie = False
             parts = urlsplit(self.path)
             path, query = parts.path, parse_qs(parts.query)
             if path == "/healthz":
@@ -323,6 +333,8 @@ def _handler_for(sink: HttpSink):
                 if path in ("/", "/index.html"):
                     return self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
                 if path == "/stream.mjpg":
+                    if head:
+                        return self._send(200, b"", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                     return self._stream()
                 if path == "/snapshot.jpg":
                     _, jpeg = sink.latest.jpeg()
@@ -340,10 +352,6 @@ def _handler_for(sink: HttpSink):
                 return self._send(404, b"not found\n", "text/plain; charset=utf-8")
             except (BrokenPipeError, ConnectionResetError, socket.timeout, TimeoutError):
                 self.close_connection = True
-
-        def do_HEAD(self):  # noqa: N802
-            self._head_only = True
-            self.do_GET()
 
         # -------------------------------------------------------------- helpers
         def _headers(self, status: int, ctype: str, length: Optional[int]) -> None:

@@ -19,12 +19,13 @@ Latencies are histograms observed from each result's timings (milliseconds -> se
     edgedet_inference_latency_seconds        timings["invoke"]
     edgedet_stage_latency_seconds{stage}     every timing of the result (capture, preprocess, ...)
 
-``extra`` callables add gauges/counters of other sinks (e.g. MQTT queue drops) without keeping
-separate counts here.
+Other sinks of the same run add their own gauges/counters (e.g. MQTT queue drops) with
+``register_extra(ctx, fn)``: ``fn() -> {name: (kind, help, value)}``, read at scrape time.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Optional
 
 from ..errors import SinkError
@@ -32,6 +33,30 @@ from ..frame import Result
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+_EXTRAS: dict[int, list[Callable[[], dict]]] = {}  # id(SinkContext) -> callables
+_EXTRAS_LOCK = threading.Lock()
+
+
+def register_extra(ctx, fn: Callable[[], dict]) -> None:
+    """Expose ``fn()``'s metrics on the ``/metrics`` of the run that shares ``ctx``."""
+    with _EXTRAS_LOCK:
+        _EXTRAS.setdefault(id(ctx), []).append(fn)
+
+
+def unregister_extra(ctx, fn: Callable[[], dict]) -> None:
+    with _EXTRAS_LOCK:
+        fns = _EXTRAS.get(id(ctx), [])
+        if fn in fns:
+            fns.remove(fn)
+        if not fns:
+            _EXTRAS.pop(id(ctx), None)
+
+
+def extras_for(ctx) -> list[Callable[[], dict]]:
+    with _EXTRAS_LOCK:
+        return list(_EXTRAS.get(id(ctx), []))
 
 
 def _prometheus():
@@ -47,7 +72,7 @@ class _StatsCollector:
     """A custom collector: every scrape reads the live snapshot (no separate counts)."""
 
     def __init__(self, stats: Callable[[], dict], source_stats: Callable[[], dict],
-                 extra: list[Callable[[], dict]]) -> None:
+                 extra: Callable[[], list]) -> None:
         self.stats = stats
         self.source_stats = source_stats
         self.extra = extra
@@ -94,7 +119,7 @@ class _StatsCollector:
         if isinstance(age, (int, float)) and age >= 0:
             yield core.GaugeMetricFamily("edgedet_source_last_frame_age_seconds",
                                          "seconds since the source's last frame", value=float(age))
-        for fn in self.extra:
+        for fn in self.extra():
             for name, (kind, help_text, value) in _safe(fn).items():
                 family = core.CounterMetricFamily if kind == "counter" else core.GaugeMetricFamily
                 yield family(name, help_text, value=float(value))
@@ -112,11 +137,11 @@ class Metrics:
     """The run's Prometheus registry. ``observe(result)`` per result; ``render()`` per scrape."""
 
     def __init__(self, stats: Callable[[], dict] = dict, source_stats: Callable[[], dict] = dict,
-                 extra: Optional[list[Callable[[], dict]]] = None) -> None:
+                 extra: Optional[Callable[[], list]] = None) -> None:
         prometheus_client, _ = _prometheus()
         self._client = prometheus_client
         self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
-        self.registry.register(_StatsCollector(stats, source_stats, list(extra or [])))
+        self.registry.register(_StatsCollector(stats, source_stats, extra or list))
         self.inference = prometheus_client.Histogram(
             "edgedet_inference_latency_seconds", "interpreter invoke time per frame",
             buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -158,6 +158,9 @@ class MqttSink(BaseSink):
                 raise SinkError(f"MQTT broker {where} refused the login: {reason}")
         self._sender = threading.Thread(target=self._send_loop, name="edgedet-mqtt", daemon=True)
         self._sender.start()
+        from .metrics import register_extra
+
+        register_extra(self.ctx, self.prometheus)
 
     def write(self, result: Result) -> None:
         counts = self._label_counts(result)
@@ -181,6 +184,9 @@ class MqttSink(BaseSink):
         self._enqueue(event, state)
 
     def close(self) -> None:
+        from .metrics import unregister_extra
+
+        unregister_extra(self.ctx, self.prometheus)
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -205,7 +211,7 @@ class MqttSink(BaseSink):
             return {"connected": self._connected, "events_queued": len(self._queue), **self._counts}
 
     def prometheus(self) -> dict:
-        """Extra metrics for ``/metrics`` (``HttpSink.extra_metrics``)."""
+        """Extra metrics for ``/metrics`` of the same run (registered at open)."""
         s = self.stats()
         return {
             "edgedet_mqtt_connected": ("gauge", "1 while connected to the MQTT broker", float(s["connected"])),
@@ -285,9 +291,10 @@ class MqttSink(BaseSink):
     # ------------------------------------------------------------------ paho callbacks (its thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connack_reason = reason_code
-        self._connack.set()
         if reason_code.is_failure:
-            log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            if self._ever_connected:  # at start, open() reports it as a SinkError instead
+                log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            self._connack.set()
             return
         client.publish(self.topic_availability, "online", qos=1, retain=True)
         with self._cond:
@@ -301,6 +308,7 @@ class MqttSink(BaseSink):
             log.info("connected to MQTT broker %s:%d (topics %s/...)", self.host, self.port,
                      self.topic_detections.rsplit("/", 1)[0])
         self._ever_connected = True
+        self._connack.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cond:

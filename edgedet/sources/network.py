@@ -84,6 +84,7 @@ class NetworkSource:
         self._frames_received = 0
         self._frames_skipped = 0
         self._error: Optional[SourceError] = None
+        self._last_problem = ""
         self._stop = threading.Event()
         self._supervisor: Optional[threading.Thread] = None
         self._reader: Optional[threading.Thread] = None
@@ -97,6 +98,10 @@ class NetworkSource:
             return
         self._check_url()
         self._set_state("connecting")
+        answer = self._rtsp_describe()
+        if answer is not None and answer[0] in (404, 0, -1):
+            self._set_state("closed")
+            raise SourceError(f"could not open the stream {self.name}: {self._rtsp_status_hint()}")
         cap = self._open_capture()
         if cap is None:
             self._set_state("closed")
@@ -284,13 +289,20 @@ class NetworkSource:
 
     def _read_loop(self, cap, gen: int, abandon: threading.Event, done: threading.Event) -> None:
         try:
+            slow_read = 0.9 * self.cfg.read_timeout
             while not abandon.is_set():
+                t0 = time.monotonic()
                 ok, image = cap.read()
                 if abandon.is_set():
                     break
                 if not ok or image is None:
                     break
                 now, wall = time.monotonic(), time.time()
+                if now - t0 >= slow_read:
+                    # a read that hit the timeout: FFmpeg flushes frames its decoder held back;
+                    # they are as old as the stall, so they are not handed out as new
+                    log.debug("dropping a frame flushed after a %.1f s read on %s", now - t0, self.name)
+                    continue
                 with self._cond:
                     if gen != self._gen:
                         break
@@ -334,6 +346,7 @@ class NetworkSource:
             # reconnect with capped exponential backoff
             failures = 0
             while not self._stop.is_set():
+                self._last_problem = ""
                 cap = self._open_capture() if self._server_answers() else None
                 if self._stop.is_set():
                     if cap is not None:
@@ -356,14 +369,15 @@ class NetworkSource:
                     self._set_state("failed", str(err), logging.ERROR)
                     return
                 delay = min(cfg.reconnect_max_backoff, INITIAL_BACKOFF * 2 ** (failures - 1))
-                log.info("cannot reach %s yet (attempt %d); next try in %.1f s", self.name, failures, delay)
+                log.info("%s not available yet (attempt %d: %s); next try in %.1f s", self.name, failures,
+                         self._last_problem or "no video", delay)
                 self._stop.wait(delay)
 
-    def _rtsp_status_hint(self) -> str:
-        """Why an RTSP server refused the stream, from its answer to a plain DESCRIBE ("" if unknown)."""
+    def _rtsp_describe(self) -> Optional[tuple[int, str]]:
+        """``(status, reason)`` of a plain RTSP DESCRIBE of the stream (no login), or None."""
         parts = urlsplit(self.uri)
         if parts.scheme.lower() != "rtsp" or not parts.hostname:
-            return ""
+            return None
         port = parts.port or 554
         netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         url = f"rtsp://{netloc}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
@@ -373,17 +387,29 @@ class NetworkSource:
                 s.sendall(request.encode())
                 head = s.recv(1024).decode("latin-1")
         except (socket.timeout, TimeoutError):
-            return f"the server did not answer an RTSP request within {self.cfg.open_timeout:g} s"
+            return 0, "timeout"
         except OSError:
-            return ""
+            return None
         m = re.match(r"RTSP/1\.\d (\d{3}) ?([^\r\n]*)", head)
         if not m:
+            return -1, "not RTSP"
+        return int(m.group(1)), m.group(2).strip()
+
+    def _rtsp_status_hint(self) -> str:
+        """Why an RTSP server refused the stream, from its answer to a plain DESCRIBE ("" if unknown)."""
+        answer = self._rtsp_describe()
+        if answer is None:
+            return ""
+        code, text = answer
+        path = urlsplit(self.uri).path or "/"
+        if code == 0:
+            return f"the server did not answer an RTSP request within {self.cfg.open_timeout:g} s"
+        if code < 0:
             return "the server does not speak RTSP"
-        code, text = int(m.group(1)), m.group(2).strip()
         if code == 404:
-            return f"no stream at path {parts.path or '/'} ({code} {text}; not published yet?)"
+            return f"no stream at path {path} ({code} {text}; not published yet?)"
         if code == 401:
-            if parts.username is None:
+            if urlsplit(self.uri).username is None:
                 return f"the server needs a login ({code} {text}): put user:password@ in the URL"
             return "the server refused the login, or the stream is unavailable"
         if code >= 400:
@@ -391,12 +417,17 @@ class NetworkSource:
         return "the server answered but gave no video (not a video stream?)"
 
     def _server_answers(self) -> bool:
+        """Worth a (slow, noisy) FFmpeg open? The host answers, and an RTSP server has the path."""
         try:
             self._check_url()
-            return True
         except SourceError as exc:
-            log.debug("%s", exc)
+            self._last_problem = str(exc)
             return False
+        answer = self._rtsp_describe()
+        if answer is not None and answer[0] in (404, 0, -1):  # surely no stream there (yet)
+            self._last_problem = self._rtsp_status_hint()
+            return False
+        return True
 
     def _set_state(self, state: str, message: str = "", level: int = logging.INFO) -> None:
         if state == self._state:

@@ -7,8 +7,8 @@ examples do it:
   becomes ``Frame.image``: what is shown, recorded and streamed;
 - ``lores`` (the model's input size, format ``YUV420``, the only lores format a Pi 4 has) becomes
   ``Frame.lores`` with ``Frame.lores_format = "YUV420"``: the ISP does the downscaling, the CPU
-  only converts colour (``lores_to_rgb``, or ``cv2.COLOR_YUV2BGR_I420``). Both come from the same request (``capture_arrays``),
-  so boxes found on lores map onto main by the ratio of the two sizes.
+  only converts colour (``lores_to_rgb``, or ``cv2.COLOR_YUV2BGR_I420``). Both come from the same
+  request (``capture_arrays``), so boxes found on lores map onto main by the ratio of the sizes.
 
 The lores stream scales the same sensor crop as main, to its own size: a lores with the model's
 aspect (e.g. 300x300) under a 16:9 main is the "stretch" resize SSD models are trained with.
@@ -117,11 +117,23 @@ def _size(value: Any, field: str) -> tuple[int, int]:
     return (w, h)
 
 
+NUMPY_HINT = (
+    "picamera2 cannot be imported ({error}): its simplejpeg from apt is built for numpy 1 and this "
+    "environment has numpy {numpy}; in the virtual environment run `pip install --force-reinstall simplejpeg`"
+)
+
+
 def _import_picamera2():
     try:
         from picamera2 import Picamera2  # type: ignore
     except ImportError as exc:
-        raise SourceError(INSTALL_HINT) from exc
+        if getattr(exc, "name", None) in ("picamera2", None) and "numpy" not in str(exc):
+            raise SourceError(INSTALL_HINT) from exc
+        raise SourceError(f"picamera2 cannot be imported: {_first_line(exc)}") from exc
+    except (ValueError, RuntimeError, AttributeError) as exc:  # binary incompatibility with numpy 2
+        if "size changed" in str(exc) or "numpy" in str(exc).lower():
+            raise SourceError(NUMPY_HINT.format(error=_first_line(exc), numpy=np.__version__)) from exc
+        raise SourceError(f"picamera2 cannot be imported: {_first_line(exc)}") from exc
     try:
         import libcamera  # type: ignore
     except ImportError as exc:  # picamera2 without its libcamera bindings (e.g. a pip install on a PC)

@@ -4,8 +4,9 @@ Measured on frames of ``source`` (a video or images; without one, a synthetic pi
 
 - invoke ms (p50/p95) of the model as the pipeline runs it; for a model that ends in the
   ``TFLite_Detection_PostProcess`` op also the invoke with the op and without it (the op
-  stripped, as our decoder runs it): op time = invoke(with op) - invoke(stripped). The two are
-  measured in alternating blocks so that a busy machine slows both alike;
+  stripped, as our decoder runs it): op time = invoke(with op) - invoke(stripped). The two run
+  in short alternating blocks (a busy machine slows both alike) and the op time is the median of
+  the per-block differences;
 - preprocess ms (resize + colour + quantize into the input tensor) of the source's frames;
 - decode+NMS ms: ours (numpy) and the op's (reading its outputs);
 - pipeline fps: ``edgedet.pipeline.Pipeline`` on the source with no sinks and no frame dropping
@@ -109,7 +110,7 @@ def resolve(model: str) -> Path:
     return resolve_model(model)
 
 
-def _measure(det, frames: list, runs: int, warmup: int) -> dict:
+def _measure(det, frames: list, runs: int, warmup: int, start: int = 0) -> dict:
     """preprocess / invoke / decode ms of ``det`` over ``runs`` frames (cycling through ``frames``)."""
     for i in range(warmup):
         prep = det.prepare(frames[i % len(frames)])
@@ -117,7 +118,7 @@ def _measure(det, frames: list, runs: int, warmup: int) -> dict:
     pre, inv, dec = [], [], []
     clock = time.perf_counter
     for i in range(runs):
-        image = frames[i % len(frames)]
+        image = frames[(start + i) % len(frames)]
         t0 = clock()
         prep = det.prepare(image)
         t1 = clock()
@@ -131,22 +132,26 @@ def _measure(det, frames: list, runs: int, warmup: int) -> dict:
     return {"preprocess": pre, "invoke": inv, "decode": dec}
 
 
-def _measure_pair(a, b, frames: list, runs: int, warmup: int, blocks: int = 5) -> tuple[dict, dict]:
-    """Measure two detectors in alternating blocks (a, b, a, b, ...): noise hits both alike."""
+def _measure_pair(a, b, frames: list, runs: int, warmup: int, block: int = 5) -> tuple[dict, dict, list]:
+    """Measure two detectors in short alternating blocks (a, b, a, b, ...): load changes on a busy
+    machine hit both alike. Also returns, per pair of blocks, median(b) - median(a) of the invoke."""
     out_a: dict = {"preprocess": [], "invoke": [], "decode": []}
     out_b: dict = {"preprocess": [], "invoke": [], "decode": []}
-    per = max(1, runs // blocks)
+    diffs: list = []
     first = True
     done = 0
     while done < runs:
-        n = min(per, runs - done)
+        n = min(block, runs - done)
+        medians = []
         for det, out in ((a, out_a), (b, out_b)):
-            got = _measure(det, frames, n, warmup if first else 1)
+            got = _measure(det, frames, n, warmup if first else 1, start=done)
             for key in out:
                 out[key].extend(got[key])
+            medians.append(float(np.median(got["invoke"])))
+        diffs.append(medians[1] - medians[0])
         first = False
         done += n
-    return out_a, out_b
+    return out_a, out_b, diffs
 
 
 def pipeline_fps(det, source: str, frames: int) -> dict:
@@ -195,12 +200,16 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
     if info.form == "op":
         other_pp = "op" if info.postprocess == "ours" else "ours"
         other = _load(path, settings, threads, other_pp)
-        m_main, m_other = _measure_pair(main, other, frames, settings.runs, settings.warmup)
+        m_main, m_other, diffs = _measure_pair(main, other, frames, settings.runs, settings.warmup)
         by_pp = {info.postprocess: m_main, other_pp: m_other}
+        if info.postprocess == "op":  # diffs are other - main: make them (with op) - (stripped)
+            diffs = [-d for d in diffs]
         stripped, with_op = summarize(by_pp["ours"]["invoke"]), summarize(by_pp["op"]["invoke"])
         report["invoke_stripped_ms"] = stripped
         report["invoke_with_op_ms"] = with_op
-        report["op_ms"] = round(with_op["p50"] - stripped["p50"], 3)
+        # the median of the paired block differences: robust to the machine's load changing
+        report["op_ms"] = round(float(np.median(diffs)), 3)
+        report["op_ms_blocks"] = len(diffs)
         report["decode_ms"] = {"ours": summarize(by_pp["ours"]["decode"]), "op": summarize(by_pp["op"]["decode"])}
         del other
     else:
@@ -251,19 +260,19 @@ def format_report(r: dict) -> str:
         f"machine: {mach['model']} ({mach['arch']}), {mach['cores']} cores, big cores {mach['big_cores']}, "
         f"usable {mach['available_cores']}; Python {mach['python']}",
         f"threads: interpreter {th['interpreter']}, OpenCV {th['opencv']}; {r['runs']} runs on {r['frames']}",
-        f"{'':30}{'p50':>8} {'p95':>8}",
-        f"{'invoke (as the pipeline runs it)':30}{_ms(r['invoke_ms'])} ms",
+        f"{'':34}{'p50':>8} {'p95':>8}",
+        f"{'invoke (as the pipeline runs it)':34}{_ms(r['invoke_ms'])} ms",
     ]
     if "invoke_with_op_ms" in r:
         lines += [
-            f"{'invoke, op stripped':30}{_ms(r['invoke_stripped_ms'])} ms",
-            f"{'invoke, with the op':30}{_ms(r['invoke_with_op_ms'])} ms",
-            f"{'  op time (with - stripped)':30}{r['op_ms']:8.2f} ms",
+            f"{'invoke, op stripped':34}{_ms(r['invoke_stripped_ms'])} ms",
+            f"{'invoke, with the op':34}{_ms(r['invoke_with_op_ms'])} ms",
+            f"{'  op time (with - stripped)':34}{r['op_ms']:8.2f} ms  (median of {r['op_ms_blocks']} paired blocks)",
         ]
-    lines.append(f"{'preprocess':30}{_ms(r['preprocess_ms'])} ms")
-    lines.append(f"{'decode+NMS (ours)':30}{_ms(r['decode_ms'].get('ours'))} ms")
+    lines.append(f"{'preprocess':34}{_ms(r['preprocess_ms'])} ms")
+    lines.append(f"{'decode+NMS (ours)':34}{_ms(r['decode_ms'].get('ours'))} ms")
     if "op" in r["decode_ms"]:
-        lines.append(f"{'decode (op outputs)':30}{_ms(r['decode_ms']['op'])} ms")
+        lines.append(f"{'decode (op outputs)':34}{_ms(r['decode_ms']['op'])} ms")
     if r.get("invoke_rate"):
         lines.append(f"raw invoke rate: {r['invoke_rate']:.1f}/s")
     p = r.get("pipeline")

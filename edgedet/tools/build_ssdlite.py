@@ -25,8 +25,8 @@ synthetic set (``tf_convert.synthetic_images``).
 from __future__ import annotations
 
 import random
-import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -178,14 +178,13 @@ def build_ssdlite(out, *, backbone="mobilenet_v2", width=1.0, input_size=320, nu
         _save_keras(model, Path(keras_out), side, labels, num_classes)
     calibration = tfc.Calibration(input_size, input_size, (127.5,) * 3, (127.5,) * 3, calib_paths,
                                   int(num_calib), seed=int(seed))
-    with tempfile.TemporaryDirectory(prefix="edgedet-ssdlite-") as tmp:
-        source = tfc.source_from_keras(model, Path(tmp), Path(f"ssdlite_{backbone}"))
-        report = tfc.convert_loaded(
-            tf, source, out, side=side, quantize=quantize, calibration=calibration, postprocess=postprocess,
-            labels=list(labels) if labels is not None else None, input_dtype=input_dtype,
-            max_detections=max_detections,
-            history={"tool": "edgedet convert --build ssdlite", "backbone": backbone, "width": width,
-                     "input_size": input_size, "num_classes": num_classes, "trained": False, "seed": int(seed)})
+    source = tfc.source_from_keras(model, Path(f"ssdlite_{backbone}"))
+    report = tfc.convert_loaded(
+        tf, source, out, side=side, quantize=quantize, calibration=calibration, postprocess=postprocess,
+        labels=list(labels) if labels is not None else None, input_dtype=input_dtype,
+        max_detections=max_detections,
+        history={"tool": "edgedet convert --build ssdlite", "backbone": backbone, "width": width,
+                 "input_size": input_size, "num_classes": num_classes, "trained": False, "seed": int(seed)})
     report.update({"source": f"ssdlite_{backbone} (untrained)", "source_kind": "built", "backbone": backbone,
                    "width": width, "parameters": int(model.count_params()),
                    "feature_maps": [list(s) for s in sizes], "num_anchors": int(sum(
@@ -200,7 +199,9 @@ def _save_keras(model, path: Path, side: dict, labels, num_classes: int) -> None
     if path.suffix != ".keras":
         raise ConfigError(f"keras_out must end in .keras, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(path))
+    with warnings.catch_warnings():  # Keras' own numpy-2 copy= deprecation, once per weight
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model.save(str(path))
     save_sidecar(path, {**side, "labels": list(labels) if labels is not None else
                         [f"class{i}" for i in range(num_classes)], "label_offset": 0})
 

@@ -241,6 +241,8 @@ def convert(src, out, *, quantize: Optional[str] = None, calibration=None, num_c
             report.census, report.recipe = result.census, result.recipe
             report.repaired_channels = result.repaired_channels
         copy_sidecar(work_src, result_path)
+        if result is not None and result.sidecar:
+            update_sidecar(result_path, **result.sidecar)
         if held and quantize == "int8" and not report.agreement:
             report.agreement = {"images": len(held), **compare_models(work_src, result_path, held, threads=threads)}
         if measure_speed:

@@ -88,13 +88,15 @@ def _damped(h: np.ndarray, damp: float) -> np.ndarray:
 
 
 def retarget(w_aug: np.ndarray, h: np.ndarray, cross: np.ndarray, damp: float = 0.01) -> np.ndarray:
-    """Dense weights refitted for changed inputs: argmin ||Xp_a W'^T - Xd_a W^T||.
+    """Dense weights refitted for changed inputs: argmin ||Xp_a W'^T - Xd_a W^T||^2 + l ||W' - W||^2.
 
     Used when earlier layers are already pruned: the layer then sees ``Xp`` instead of ``Xd`` and
-    the refit makes it reproduce the dense model's outputs again before it is pruned itself.
+    the refit makes it reproduce the dense model's outputs again before it is pruned itself. The
+    damping pulls towards the original weights (not towards zero).
     """
-    hd = _damped(h, damp)
-    return np.linalg.solve(hd, cross @ w_aug.T).T
+    lam = damp * float(np.mean(np.diag(h)))
+    hd = h + lam * np.eye(h.shape[0])
+    return np.linalg.solve(hd, cross @ w_aug.T + lam * w_aug.T).T
 
 
 def sparsegpt(w: np.ndarray, b: np.ndarray, h: np.ndarray, sparsity: float, grid: Grid,

@@ -26,7 +26,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class QuantizeResult:
     repaired_channels: int = 0
     seconds: float = 0.0
     prepared: dict = field(default_factory=dict)
+    sidecar: dict = field(default_factory=dict)  # sections the output's sidecar needs (update_sidecar)
 
 
 def _require_aeq():
@@ -197,33 +198,45 @@ def postprocess_options(op) -> dict:
 
 def head_tensor_names(model) -> set:
     """Tensors between the last convolutions and the postprocess op (box encodings, logits)."""
+    parts = head_parts(model)
+    return parts["boxes"] | parts["scores"]
+
+
+def head_parts(model) -> dict:
+    """``{"boxes": names, "scores": names}``: the head tensors on the way to the box encodings and
+    to the class predictions (from the prediction convolutions on), for op-form and raw models."""
     sg = model.subgraphs[0]
     producer = {}
     for op, name in _ops(model, sg):
         for o in op.outputs:
             producer[o] = (op, name)
-    names = set()
-    stack = []
+    roots = None
     for op, name in _ops(model, sg):
         if name == POSTPROCESS_OP:
-            stack.extend(op.inputs[:2])
-    if not stack:  # raw-output model: the graph outputs
-        stack = list(sg.outputs)
-    seen = set()
-    while stack:
-        t = stack.pop()
-        if t < 0 or t in seen:
-            continue
-        seen.add(t)
-        tensor = sg.tensors[t]
-        if _has_data(model, tensor):
-            continue
-        names.add(tfl.tensor_name(tensor))
-        prod = producer.get(t)
-        if prod is None or prod[1] in CONV_OPS:
-            continue
-        stack.extend(prod[0].inputs)
-    return names
+            roots = list(op.inputs[:2])
+    if roots is None:  # raw-output model: boxes [1, N, 4], scores [1, N, C]
+        outs = list(sg.outputs)
+        roots = sorted(outs, key=lambda t: int(sg.tensors[t].shape[-1]) != 4)[:2] if len(outs) >= 2 else outs
+    parts = {}
+    for key, root in zip(("boxes", "scores"), roots):
+        names, stack, seen = set(), [root], set()
+        while stack:
+            t = stack.pop()
+            if t < 0 or t in seen:
+                continue
+            seen.add(t)
+            tensor = sg.tensors[t]
+            if _has_data(model, tensor):
+                continue
+            names.add(tfl.tensor_name(tensor))
+            prod = producer.get(t)
+            if prod is None or prod[1] in CONV_OPS:
+                continue
+            stack.extend(prod[0].inputs)
+        parts[key] = names
+    parts.setdefault("boxes", set())
+    parts.setdefault("scores", set())
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,14 +300,36 @@ def load_inputs(images: Sequence, preprocessor) -> list[np.ndarray]:
 # ranges
 
 
-def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *, percentile: float = 100.0,
-                   exact: set = frozenset(), threads: Optional[int] = None, samples: int = 8192,
-                   seed: int = 0) -> dict:
+MSE_PERCENTILES = (100.0, 99.999, 99.99, 99.9, 99.5)
+
+
+def _mse_range(pool: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The clipping range (from ``MSE_PERCENTILES``) with the least int8 round-trip error on ``pool``."""
+    best, best_err = (lo, hi), np.inf
+    for q in MSE_PERCENTILES:
+        a = float(np.percentile(pool, 100.0 - q)) if lo < 0 and q < 100 else lo
+        b = float(np.percentile(pool, q)) if hi > 0 and q < 100 else hi
+        a, b = min(a, 0.0), max(b, 0.0)
+        scale = (b - a) / 255.0
+        if scale <= 0:
+            continue
+        rec = np.clip(np.round((pool - a) / scale), 0, 255) * scale + a
+        err = float(np.mean((pool - rec) ** 2))
+        if err < best_err:
+            best, best_err = (a, b), err
+    return best
+
+
+def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *,
+                   percentile: Union[float, str] = 100.0, exact: set = frozenset(),
+                   threads: Optional[int] = None, samples: int = 8192, seed: int = 0) -> dict:
     """Global ``{name: (min, max)}`` over all ``inputs`` for the activation tensors ``names``.
 
     Tensors in ``exact`` (and all when ``percentile >= 100``) get the true global min/max; the
     others the ``100 - percentile`` / ``percentile`` percentiles of values pooled from every
     image (a random sample of ``samples`` values per image and tensor), widened to include 0.
+    ``percentile="mse"`` picks, per tensor, the percentile of ``MSE_PERCENTILES`` whose int8
+    round trip of the pooled values has the least squared error.
     """
     from ..runtime import load_interpreter
 
@@ -306,7 +341,8 @@ def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *, perc
     lo = {n: np.inf for n in wanted}
     hi = {n: -np.inf for n in wanted}
     pools: dict = {n: [] for n in wanted}
-    robust = percentile < 100.0
+    mse = percentile == "mse"
+    robust = mse or float(percentile) < 100.0
     for x in inputs:
         interp.set_tensor(in_index, x)
         interp.invoke()
@@ -326,8 +362,11 @@ def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *, perc
         a, b = lo[n], hi[n]
         if robust and n not in exact and pools[n]:
             pool = np.concatenate(pools[n])
-            a = float(np.percentile(pool, 100.0 - percentile)) if a < 0 else a
-            b = float(np.percentile(pool, percentile)) if b > 0 else b
+            if mse:
+                a, b = _mse_range(pool, a, b)
+            else:
+                a = float(np.percentile(pool, 100.0 - percentile)) if a < 0 else a
+                b = float(np.percentile(pool, percentile)) if b > 0 else b
         out[n] = (min(a, 0.0), max(b, 0.0))
     return out
 
@@ -359,10 +398,11 @@ def _aeq_qsv_template(aeq_quantizer, float_bytes: bytes, sample: np.ndarray, inp
 
 
 def repair_dead_channels(qmodel, float_model) -> int:
-    """Recompute the int32 biases (and weight scales of all-zero channels) from the float model.
+    """Recompute the int32 biases (and the weight scales of dead channels) from the float model.
 
-    The quantizer gives an all-zero output channel a ~1e-11 weight scale; its bias then
-    overflows int32 and the channel's constant output is lost. Returns the channels repaired.
+    The quantizer gives an all-zero (or near-zero) output channel a ~1e-11 weight scale; its
+    bias then overflows int32 and the channel's constant output is lost. Returns the number of
+    channels repaired.
     """
     fsg = float_model.subgraphs[0]
     float_bias = {}
@@ -385,17 +425,30 @@ def repair_dead_channels(qmodel, float_model) -> int:
             continue
         in_scale = float(_q_arrays(x)[0][0])
         w_scale = np.asarray(w.quantization.scale, np.float64).copy()
-        wq = tfl.tensor_array(qmodel, w)
-        axis = int(w.quantization.quantizedDimension or 0)
         nch = w_scale.size
-        per_ch = np.moveaxis(wq, axis, 0).reshape(nch, -1) if nch > 1 else wq.reshape(1, -1)
-        dead = (w_scale < 1e-8) & (np.abs(per_ch).max(axis=1) == 0) if nch > 1 else np.zeros(1, bool)
-        if dead.any():
-            w_scale[dead] = 1.0
+        # channels whose bias does not fit int32 at scale in_scale * w_scale (tiny weight scales of
+        # all-zero or near-zero channels): widen the weight scale until it fits; their weights
+        # (|w| <= 127 * old scale) then round to ~0, the bias constant is kept
+        limit = 2 ** 31 - 1
+        need = np.abs(fb) / (in_scale * limit) * 1.01 if nch > 1 else np.zeros(1)
+        bad = (w_scale < need) | (w_scale < 1e-10) if nch > 1 else np.zeros(1, bool)
+        if bad.any():
+            axis = int(w.quantization.quantizedDimension or 0)
+            wq = np.moveaxis(tfl.tensor_array(qmodel, w), axis, 0).astype(np.float64)
+            new_scale = np.where(bad, np.maximum(need, 1e-6), w_scale)
+            shape = (-1,) + (1,) * (wq.ndim - 1)
+            wq = np.clip(np.round(wq * (w_scale / new_scale).reshape(shape)), -127, 127).astype(np.int8)
+            tfl.set_tensor_array(qmodel, w, np.moveaxis(wq, 0, axis))
+            qmodel.buffers[w.buffer].offset = 0
+            qmodel.buffers[w.buffer].size = 0
+            w_scale = new_scale
             w.quantization.scale = w_scale.astype(np.float32)
-            repaired += int(dead.sum())
+            dead = bad
+            repaired += int(bad.sum())
+        else:
+            dead = bad
         bias_scale = in_scale * (w_scale if nch > 1 else np.full(fb.shape, w_scale[0]))
-        bias_q = np.clip(np.round(fb / bias_scale), -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        bias_q = np.clip(np.round(fb / bias_scale), -limit, limit).astype(np.int32)
         old = tfl.tensor_array(qmodel, b)
         if dead.any() or not np.array_equal(old, bias_q):
             b.quantization.scale = bias_scale.astype(np.float32)
@@ -448,7 +501,7 @@ def census_of(path) -> dict:
     return int8_census(tfl.read_model(path))
 
 
-def quantize_int8(src, out, calibration_images: Sequence, *, percentile: float = 99.99,
+def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = 99.99,
                   threads: Optional[int] = None) -> QuantizeResult:
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring)."""
     import tempfile
@@ -460,7 +513,8 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: float =
     model = tfl.read_model(src)
     prepared = prepare_float_model(model)
     float_bytes = tfl.model_to_bytes(model)
-    head = head_tensor_names(model)
+    parts = head_parts(model)
+    head = parts["boxes"] | parts["scores"]
     with tempfile.TemporaryDirectory(prefix="edgedet-q-") as tmp:
         float_path = Path(tmp) / "float.tflite"
         float_path.write_bytes(float_bytes)
@@ -497,18 +551,40 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: float =
     repaired = repair_dead_channels(qmodel, model)
     _restore_io_names(qmodel, model)
     census = int8_census(qmodel)
+    hints = {}
+    if _scores_are_dequantized_probabilities(qmodel):
+        # the op now reads DEQUANTIZE(LOGISTIC(...)): say so, or a reader that looks only at the
+        # op's direct producer would apply the sigmoid a second time
+        hints["postprocess"] = {"score_activation": "none"}
     tfl.write_model(qmodel, out)
     recipe = {"mode": "int8", "tool": "ai-edge-quantizer", "weights": "int8 symmetric per-channel",
               "activations": "int8 asymmetric per-tensor", "io": "float32",
               "ranges": "global over the calibration set", "percentile": percentile,
-              "head_ranges": "min/max", "postprocess": "float" if prepared["had_postprocess"] else "none"}
+              "head_ranges": "min/max",
+              "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version
 
         recipe["tool_version"] = version("ai-edge-quantizer")
     except Exception:  # pragma: no cover
         pass
-    return QuantizeResult(Path(out), "int8", recipe, census, repaired, time.perf_counter() - t0, prepared)
+    return QuantizeResult(Path(out), "int8", recipe, census, repaired, time.perf_counter() - t0, prepared,
+                          sidecar=hints)
+
+
+def _scores_are_dequantized_probabilities(model) -> bool:
+    sg = model.subgraphs[0]
+    producer = {}
+    for op, name in _ops(model, sg):
+        for o in op.outputs:
+            producer[int(o)] = (op, name)
+    for op, name in _ops(model, sg):
+        if name == POSTPROCESS_OP and len(op.inputs) > 1:
+            p = producer.get(int(op.inputs[1]))
+            if p is not None and p[1] == "DEQUANTIZE":
+                p2 = producer.get(int(p[0].inputs[0]))
+                return p2 is not None and p2[1] in ("LOGISTIC", "SOFTMAX")
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,26 +672,68 @@ def compare_models(ref_path, test_path, images: Sequence, *, threads: Optional[i
     return {**result, "score_threshold": score_threshold}
 
 
+def pseudo_map(ref_path, test_path, images: Sequence, *, threads: Optional[int] = None,
+               teacher_threshold: float = 0.3) -> dict:
+    """Label-free accuracy proxy on calibration images: the COCO mAP of ``test`` (scores >= 0.01,
+    up to 100 detections) against ``ref``'s confident detections (>= ``teacher_threshold``) taken
+    as ground truth. Sensitive to the ranking of low scores, as a real mAP is."""
+    import cv2
+
+    from .evaluate import CocoSet, coco_metrics, make_detector
+
+    ref, _ = make_detector(ref_path, threads=threads, score_threshold=teacher_threshold)
+    test, _ = make_detector(test_path, threads=threads, score_threshold=0.01, max_detections=100)
+    gt_images, gt_anns, results = [], [], []
+    classes = set()
+    for k, p in enumerate(images):
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ConfigError(f"cannot read image {p}")
+        h, w = image.shape[:2]
+        gt_images.append({"id": k + 1, "file_name": str(p), "width": w, "height": h})
+        a, b = ref.detect(image), test.detect(image)
+        for box, c in zip(a.xyxy.tolist(), a.class_ids.tolist()):
+            x1, y1, x2, y2 = box
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": k + 1, "category_id": int(c) + 1,
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            classes.add(int(c) + 1)
+        for box, c, sc in zip(b.xyxy.tolist(), b.class_ids.tolist(), b.scores.tolist()):
+            x1, y1, x2, y2 = box
+            results.append({"image_id": k + 1, "category_id": int(c) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": sc})
+    data = {"images": gt_images, "annotations": gt_anns,
+            "categories": [{"id": c, "name": str(c)} for c in sorted(classes | {r["category_id"] for r in results})]}
+    metrics = coco_metrics(CocoSet(Path("pseudo"), Path("."), gt_images, data["categories"], data), results)
+    return {"pseudo_mAP": round(metrics["mAP"], 4), "pseudo_AP50": round(metrics["AP50"], 4),
+            "teacher_boxes": len(gt_anns)}
+
+
 PERCENTILE_CANDIDATES = (100.0, 99.999, 99.99, 99.9)
 
 
 def choose_percentile(src, calibration, held_out, *, candidates: Sequence[float] = PERCENTILE_CANDIDATES,
                       threads: Optional[int] = None, log=None) -> tuple[float, dict]:
-    """Quantize with each candidate percentile and keep the best detection agreement with the
-    source model on ``held_out`` calibration images (F1, then score error). Returns the percentile
-    and ``{percentile: agreement}``."""
+    """Quantize with each candidate percentile (ranges from ``calibration``) and keep the one whose
+    detections best reproduce the source model's on the ``held_out`` calibration images: highest
+    ``pseudo_mAP`` (see ``pseudo_map``), then detection F1. Returns the percentile and
+    ``{percentile: measures}``."""
     import tempfile
+
+    from ..sidecar import update_sidecar
 
     scores = {}
     with tempfile.TemporaryDirectory(prefix="edgedet-pct-") as tmp:
         for p in candidates:
             out = Path(tmp) / f"p{p}.tflite"
-            quantize_int8(src, out, calibration, percentile=p, threads=threads)
+            result = quantize_int8(src, out, calibration, percentile=p, threads=threads)
             copy_sidecar(src, out)
-            scores[p] = compare_models(src, out, held_out, threads=threads)
+            if result.sidecar:
+                update_sidecar(out, **result.sidecar)
+            scores[p] = {**pseudo_map(src, out, held_out, threads=threads),
+                         **compare_models(src, out, held_out, threads=threads)}
             if log:
                 log(f"percentile {p}: {scores[p]}")
-    best = max(candidates, key=lambda p: (scores[p]["f1"], -scores[p]["score_mae"]))
+    best = max(candidates, key=lambda p: (scores[p]["pseudo_mAP"], scores[p]["f1"]))
     return best, scores
 
 
@@ -678,14 +796,16 @@ def quantize_fp16(src, out) -> QuantizeResult:
         new_ops.append(d)
         converted += 1
     sg.operators = new_ops + list(sg.operators)
-    census = {"weights_fp16": converted}
     tfl.write_model(model, out)
     recipe = {"mode": "fp16", "weights": "float16", "activations": "float32"}
-    return QuantizeResult(Path(out), "fp16", recipe, census, 0, time.perf_counter() - t0, prepared)
+    return QuantizeResult(Path(out), "fp16", recipe, {"weights_fp16": converted}, 0, time.perf_counter() - t0,
+                          prepared)
 
 
 def quantize_dynamic(src, out) -> QuantizeResult:
     """Dynamic range: int8 per-channel weights, float activations (quantized on the fly)."""
+    import tempfile
+
     aeq = _require_aeq()
     from ai_edge_quantizer import recipe as aeq_recipe
 
@@ -697,12 +817,11 @@ def quantize_dynamic(src, out) -> QuantizeResult:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
             np.errstate(all="ignore"):
         result = qt.quantize(enable_progress_report=False)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="edgedet-dq-") as tmp:
         qpath = Path(tmp) / "q.tflite"
         qpath.write_bytes(bytes(result.quantized_model))
         qmodel = tfl.read_model(qpath)
+    _restore_io_names(qmodel, model)
     sg = qmodel.subgraphs[0]
     n = sum(1 for op, name in _ops(qmodel, sg) if name in CONV_OPS and int(sg.tensors[op.inputs[1]].type) == _INT8)
     tfl.write_model(qmodel, out)

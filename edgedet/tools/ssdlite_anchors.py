@@ -36,8 +36,6 @@ class SsdAnchorSpec:
 
     def scales(self) -> list[float]:
         n = self.num_layers
-        if n == 1:
-            return [self.min_scale, 1.0]
         return [self.min_scale + (self.max_scale - self.min_scale) * i / (n - 1) for i in range(n)] + [1.0]
 
     def box_specs(self) -> list[list[tuple[float, float]]]:

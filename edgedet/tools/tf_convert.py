@@ -228,16 +228,24 @@ class Calibration:
 
 @dataclass
 class TfSource:
-    """A loaded SavedModel signature with one fixed-size image input."""
+    """A model taking one fixed-size float image ``[1, H, W, 3]`` and returning named outputs.
+
+    ``call(image) -> {name: tensor}`` is traceable by ``tf.function``. A Keras model is exported
+    once, with the final serving function, by ``keras.export.ExportArchive`` (then converted with
+    ``from_saved_model``); a SavedModel is converted from a concrete function.
+    """
 
     path: Path
     kind: str  # savedmodel | keras
-    loaded: object  # the object owning the variables (keep alive while converting)
-    fn: Callable  # concrete function: image -> dict of outputs
-    input_name: str
+    call: Callable
     height: int
     width: int
-    outputs: dict  # name -> TensorSpec
+    outputs: dict  # name -> shape list
+    keras_model: object = None
+    loaded: object = None  # the SavedModel object owning the variables
+
+    def input_spec(self, tf):
+        return tf.TensorSpec((1, self.height, self.width, 3), tf.float32, name="image")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -245,41 +253,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _export_keras(keras, tf, model, workdir: Path, input_size: Optional[tuple]) -> Path:
-    """Keras model -> SavedModel with a batch-1 ``serving_default`` returning a dict of outputs."""
-    shape = list(model.inputs[0].shape) if len(model.inputs) == 1 else None
-    if shape is None or len(shape) != 4:
-        raise ModelError("the Keras model must take one image input [batch, height, width, 3]")
-    h, w = shape[1], shape[2]
-    if input_size:
-        h, w = input_size
-    if h is None or w is None:
-        raise ModelError("the Keras model's input size is not fixed: give input_size")
-    names = list(getattr(model, "output_names", None) or [])
-    n_out = len(model.outputs)
-    if len(names) != n_out:
-        names = [f"output_{i}" for i in range(n_out)]
-
-    def serve(image):
-        out = model(image, training=False)
-        if isinstance(out, dict):
-            return dict(out)
-        if not isinstance(out, (list, tuple)):
-            out = [out]
-        return dict(zip(names, out))
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serve,
-                         input_signature=[tf.TensorSpec((1, int(h), int(w), int(shape[3] or 3)),
-                                                        tf.float32, name="image")])
-    target = workdir / "saved_model"
-    with contextlib.redirect_stdout(io.StringIO()):
-        archive.write_out(str(target), verbose=False)
-    return target
-
-
-def load_source(src: os.PathLike | str, workdir: Path, input_size: Optional[tuple] = None) -> TfSource:
+def load_source(src: os.PathLike | str, input_size: Optional[tuple] = None) -> TfSource:
     """Load a SavedModel directory or a Keras file; one-line ``ModelError`` for anything else."""
     tf, keras = import_tf()
     path = Path(src)
@@ -295,27 +269,48 @@ def load_source(src: os.PathLike | str, workdir: Path, input_size: Optional[tupl
             model = keras.models.load_model(str(path), compile=False)
         except Exception as exc:
             raise ModelError(f"cannot load Keras model {path}: {_first_line(exc)}") from exc
-        return source_from_keras(model, workdir, path, input_size)
+        return source_from_keras(model, path, input_size)
     if not (path / "saved_model.pb").is_file():
         raise ModelError(f"not a SavedModel directory (no saved_model.pb): {path}")
-    return _load_saved_model(tf, path, path, "savedmodel", input_size)
+    return _load_saved_model(tf, path, input_size)
 
 
-def source_from_keras(model, workdir: Path, label: Path, input_size: Optional[tuple] = None) -> TfSource:
-    """An in-memory Keras model as a convertible source (exported to a SavedModel in ``workdir``)."""
-    tf, keras = import_tf()
-    sm_path = _export_keras(keras, tf, model, workdir, input_size)
-    return _load_saved_model(tf, sm_path, Path(label), "keras", input_size)
+def source_from_keras(model, label: Path, input_size: Optional[tuple] = None) -> TfSource:
+    """An in-memory Keras model (one image input) as a convertible source."""
+    tf, _ = import_tf()
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ModelError("the Keras model must take one image input [batch, height, width, 3]")
+    shape = list(model.inputs[0].shape)
+    h, w = (input_size or shape[1:3])
+    if h is None or w is None:
+        raise ModelError("the Keras model's input size is not fixed: give input_size")
+    if shape[3] not in (None, 3):
+        raise ModelError(f"the Keras model input is not an RGB image (shape {shape})")
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(model.outputs):
+        names = [f"output_{i}" for i in range(len(model.outputs))]
+
+    def call(image):
+        out = model(image, training=False)
+        if isinstance(out, dict):
+            return dict(out)
+        if not isinstance(out, (list, tuple)):
+            out = [out]
+        return dict(zip(names, out))
+
+    probe = call(tf.zeros((1, int(h), int(w), 3), tf.float32))
+    outputs = {k: list(v.shape) for k, v in probe.items()}
+    return TfSource(Path(label), "keras", call, int(h), int(w), outputs, keras_model=model)
 
 
-def _load_saved_model(tf, sm_path: Path, label: Path, kind: str, input_size: Optional[tuple]) -> TfSource:
+def _load_saved_model(tf, path: Path, input_size: Optional[tuple]) -> TfSource:
     try:
-        loaded = tf.saved_model.load(str(sm_path))
+        loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise ModelError(f"cannot load SavedModel {label}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot load SavedModel {path}: {_first_line(exc)}") from exc
     sigs = getattr(loaded, "signatures", {}) or {}
     if not sigs:
-        raise ModelError(f"the SavedModel {label} has no serving signature")
+        raise ModelError(f"the SavedModel {path} has no serving signature")
     fn = sigs["serving_default"] if "serving_default" in sigs else next(iter(sigs.values()))
     _, kw = fn.structured_input_signature
     if len(kw) != 1:
@@ -326,18 +321,20 @@ def _load_saved_model(tf, sm_path: Path, label: Path, kind: str, input_size: Opt
         raise ModelError(f"the model input {input_name!r} is not an image [1, H, W, 3] (shape {shape})")
     if spec.dtype != tf.float32:
         raise ModelError(f"the model input {input_name!r} is {spec.dtype.name}, expected float32")
-    h, w = shape[1], shape[2]
-    if input_size:
-        h, w = input_size
+    h, w = (input_size or shape[1:3])
     if h is None or w is None:
         raise ModelError("the model's input size is not fixed: give input_size")
-    outputs = dict(fn.structured_outputs)
-    return TfSource(label, kind, loaded, fn, input_name, int(h), int(w), outputs)
+
+    def call(image):
+        return dict(fn(**{input_name: image}))
+
+    outputs = {k: (v.shape.as_list() if v.shape.rank is not None else []) for k, v in fn.structured_outputs.items()}
+    return TfSource(path, "savedmodel", call, int(h), int(w), outputs, loaded=loaded)
 
 
 def find_ssd_outputs(outputs: dict) -> Optional[tuple[str, str]]:
     """``(box_name, score_name)`` when the outputs are a raw SSD's ``[1, N, 4]`` and ``[1, N, K]``."""
-    rank3 = {k: v.shape.as_list() for k, v in outputs.items() if v.shape.rank == 3}
+    rank3 = {k: list(v) for k, v in outputs.items() if len(v) == 3}
     boxes = [k for k, s in rank3.items() if s[2] == 4]
     if len(rank3) != 2 or not boxes:
         return None
@@ -408,10 +405,29 @@ def resolve_anchors(anchors, side: dict, src: Path, height: int, width: int,
 
 # -- conversion -----------------------------------------------------------------------------------
 
-def convert_function(tf, concrete_fn, trackable, *, quantize: Optional[str],
-                     calibration: Optional[Calibration], input_dtype: str = "uint8") -> bytes:
-    """Run the TFLite converter on a concrete function; one-line ``ModelError`` on failure."""
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn], trackable)
+def make_converter(tf, source: TfSource, serve_body: Callable, workdir: Path):
+    """A ``TFLiteConverter`` for ``serve_body(image) -> dict`` over ``source``'s variables."""
+    spec = source.input_spec(tf)
+    if source.keras_model is not None:
+        import keras  # type: ignore
+
+        archive = keras.export.ExportArchive()
+        archive.track(source.keras_model)
+        archive.add_endpoint(name="serving_default", fn=serve_body, input_signature=[spec])
+        target = workdir / "saved_model"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                archive.write_out(str(target), verbose=False)
+        except Exception as exc:
+            raise ModelError(f"cannot export the Keras model: {_first_line(exc)}") from exc
+        return tf.lite.TFLiteConverter.from_saved_model(str(target))
+    fn = tf.function(serve_body, input_signature=[spec])
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], source.loaded)
+
+
+def convert_with(tf, conv, *, quantize: Optional[str], calibration: Optional[Calibration],
+                 input_dtype: str = "uint8") -> bytes:
+    """Set the converter up for ``quantize`` and run it; one-line ``ModelError`` on failure."""
     conv.allow_custom_ops = True
     if quantize == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -419,7 +435,8 @@ def convert_function(tf, concrete_fn, trackable, *, quantize: Optional[str],
     elif quantize == "dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantize == "int8":
-        assert calibration is not None
+        if calibration is None:
+            raise ConfigError("int8 quantization needs calibration data")
 
         def representative():
             for arr in calibration.arrays():
@@ -553,15 +570,14 @@ def convert_tf(src, out, *, quantize: str | None = None, calibration_images: lis
     if quantize == "int8" and not calib_paths:
         raise SourceError("no images found in the calibration paths")
     tf, _ = import_tf()
-    with tempfile.TemporaryDirectory(prefix="edgedet-tfconv-") as tmp:
-        source = load_source(src, Path(tmp), input_size)
-        mean, std = _normalization(side)
-        calibration = Calibration(source.height, source.width, mean, std, calib_paths, int(num_calib))
-        report = convert_loaded(tf, source, out, side=side, quantize=quantize, calibration=calibration,
-                                postprocess=postprocess, anchors=anchors, labels=labels,
-                                input_dtype=input_dtype, max_detections=max_detections,
-                                iou_threshold=iou_threshold, score_activation=score_activation,
-                                history={"tool": "edgedet convert (tensorflow)", "source": str(src)})
+    source = load_source(src, input_size)
+    mean, std = _normalization(side)
+    calibration = Calibration(source.height, source.width, mean, std, calib_paths, int(num_calib))
+    report = convert_loaded(tf, source, out, side=side, quantize=quantize, calibration=calibration,
+                            postprocess=postprocess, anchors=anchors, labels=labels,
+                            input_dtype=input_dtype, max_detections=max_detections,
+                            iou_threshold=iou_threshold, score_activation=score_activation,
+                            history={"tool": "edgedet convert (tensorflow)", "source": str(src)})
     report["source_size_bytes"] = _size(src)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
@@ -605,8 +621,8 @@ def convert_loaded(tf, source: TfSource, out: Path, *, side: dict, quantize: Opt
                          "(box encodings [1, N, 4] and scores [1, N, K])")
     if ssd is not None:
         box_key, score_key = ssd
-        n = int(source.outputs[box_key].shape[1])
-        k = int(source.outputs[score_key].shape[2])
+        n = int(source.outputs[box_key][1])
+        k = int(source.outputs[score_key][2])
         pside = side.get("postprocess") or {}
         num_classes = int(pside.get("num_classes") or (k - 1 if k > 1 else 1))
         if not 0 <= k - num_classes <= 1:
@@ -625,14 +641,19 @@ def convert_loaded(tf, source: TfSource, out: Path, *, side: dict, quantize: Opt
             if anchor_arr is None and postprocess == "fuse":
                 raise ModelError(f"cannot fuse the postprocess op: {anchor_info['why']}")
             fuse = anchor_arr is not None
-    serve = _serving_function(tf, source, ssd, fuse, pp_opts, anchor_arr, activation)
-    data = convert_function(tf, serve.get_concrete_function(), source.loaded, quantize=quantize,
-                            calibration=calibration if quantize == "int8" else None, input_dtype=input_dtype)
+    serve = _serving_body(tf, source, ssd, fuse, pp_opts, anchor_arr, activation)
+    with tempfile.TemporaryDirectory(prefix="edgedet-tfconv-") as tmp:
+        conv = make_converter(tf, source, serve, Path(tmp))
+        data = convert_with(tf, conv, quantize=quantize, calibration=calibration if quantize == "int8" else None,
+                            input_dtype=input_dtype)
     data = tidy_outputs(data, int(max_detections))
     write_atomic(out, data)
 
     # the sidecar
     form = "op" if fuse else ("raw" if ssd is not None else None)
+    described = describe_tflite(out)
+    if form is None and POSTPROCESS_OP in described["ops"]:
+        form = "op"  # the source declared the op itself (e.g. a TF OD API TFLite-friendly export)
     sc = _carry_sidecar(side, source.path, out)
     sc.setdefault("name", out.stem)
     mean, std = calibration.mean, calibration.std
@@ -640,7 +661,11 @@ def convert_loaded(tf, source: TfSource, out: Path, *, side: dict, quantize: Opt
     sc["input"] = {**(sc.get("input") or {}),
                    "normalization": [float(mean[0]), float(std[0])] if uniform else [list(mean), list(std)],
                    "resize": (sc.get("input") or {}).get("resize", "stretch"), "color": "rgb"}
-    if form is not None:
+    if form is not None and pp_opts is None:
+        sc["postprocess"] = {**(sc.get("postprocess") or {}), "form": form}
+        if labels is not None:
+            sc["labels"] = [str(x) for x in labels]
+    elif form is not None:
         if labels is not None:
             sc["labels"] = [str(x) for x in labels]
         elif "labels" not in sc:
@@ -648,7 +673,7 @@ def convert_loaded(tf, source: TfSource, out: Path, *, side: dict, quantize: Opt
         sc.setdefault("label_offset", 0)
         sc["postprocess"] = pp_opts.to_sidecar(form, "none" if fuse else activation)
         if form == "raw":
-            k = int(source.outputs[ssd[1]].shape[2])
+            k = int(source.outputs[ssd[1]][2])
             sc["postprocess"]["background"] = k - pp_opts.num_classes
         if anchor_arr is not None:
             entry = {key: v for key, v in anchor_info.items() if key not in ("from", "path")}
@@ -682,15 +707,14 @@ def convert_loaded(tf, source: TfSource, out: Path, *, side: dict, quantize: Opt
                        "anchors": anchor_info.get("from", anchor_info.get("why"))})
     if quantize == "int8":
         report["calibration"] = calibration.describe()
-    report.update(describe_tflite(out))
+    report.update(described)
     return report
 
 
 def _guess_activation(tf, source: TfSource, score_key: str, calibration: Calibration) -> str:
     """sigmoid when the raw scores leave [0, 1] on a few calibration inputs, else none."""
     for i, arr in enumerate(calibration.arrays()):
-        out = source.fn(**{source.input_name: tf.constant(arr)})
-        s = out[score_key].numpy()
+        s = np.asarray(source.call(tf.constant(arr))[score_key])
         if s.min() < 0 or s.max() > 1:
             return "sigmoid"
         if i >= 2:
@@ -698,36 +722,34 @@ def _guess_activation(tf, source: TfSource, score_key: str, calibration: Calibra
     return "none"
 
 
-def _serving_function(tf, source: TfSource, ssd, fuse: bool, pp_opts, anchors, activation: str):
-    """The batch-1 function that is converted: the source, then (maybe) scores activation and op."""
-    spec = tf.TensorSpec((1, source.height, source.width, 3), tf.float32, name="image")
-    fn, input_name = source.fn, source.input_name
+def _serving_body(tf, source: TfSource, ssd, fuse: bool, pp_opts, anchors, activation: str) -> Callable:
+    """What is converted: the source, then (when fusing) the score activation and the postprocess op."""
+    call = source.call
     if ssd is None:
-        @tf.function(input_signature=[spec])
-        def plain(image):
-            return dict(fn(**{input_name: image}))
-
-        return plain
+        return call
     box_key, score_key = ssd
-    pp = postprocess_fn(tf, pp_opts) if fuse else None
-    anchor_const = tf.constant(anchors) if fuse else None
+    if not fuse:
+        def raw(image):
+            out = call(image)
+            return {RAW_OUTPUT_NAMES[0]: out[box_key], RAW_OUTPUT_NAMES[1]: out[score_key]}
 
-    @tf.function(input_signature=[spec])
+        return raw
+    pp = postprocess_fn(tf, pp_opts)
+    anchor_const = tf.constant(np.asarray(anchors, np.float32))
+
     def detect(image):
-        out = fn(**{input_name: image})
+        out = call(image)
         boxes, scores = out[box_key], out[score_key]
-        if activation == "sigmoid" and fuse:
+        if activation == "sigmoid":
             scores = tf.math.sigmoid(scores)
-        elif activation == "softmax" and fuse:
+        elif activation == "softmax":
             scores = tf.nn.softmax(scores, axis=-1)
-        if not fuse:
-            return {RAW_OUTPUT_NAMES[0]: boxes, RAW_OUTPUT_NAMES[1]: scores}
-        b, c, s, n = pp(boxes, scores, anchor_const)
-        return dict(zip(OP_OUTPUT_NAMES, (b, c, s, n)))
+        return dict(zip(OP_OUTPUT_NAMES, pp(boxes, scores, anchor_const)))
 
     return detect
 
 
 __all__: Sequence[str] = ["convert_tf", "import_tf", "PostprocessOptions", "postprocess_fn", "Calibration",
                           "synthetic_images", "expand_images", "describe_tflite", "tidy_outputs",
-                          "find_ssd_outputs", "resolve_anchors", "load_source", "convert_function"]
+                          "find_ssd_outputs", "resolve_anchors", "load_source", "source_from_keras",
+                          "make_converter", "convert_with", "convert_loaded"]

@@ -179,6 +179,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cli, pedestrians_video):
     assert "model" in _one_line_error(cli("--source", pedestrians_video, "--model", tmp_path / "m.tflite"))
     assert "cannot record" in _one_line_error(cli("--source", pedestrians_video, "--headless", "--record",
                                                   tmp_path / "no" / "o.mp4"), 6)
+    assert "cannot write stats" in _one_line_error(cli("--source", pedestrians_video, "--headless", "--stats-json",
+                                                       tmp_path / "no" / "s.json"), 6)
     assert "cannot write events" in _one_line_error(cli("--source", pedestrians_video, "--headless", "--events",
                                                         tmp_path / "no" / "e.jsonl"), 6)
 

@@ -25,8 +25,7 @@ _RESULTS_CACHE: dict = {}
 def rtsp_server(tmp_path):
     mods = node_modules()
     need(shutil.which("node") is not None and mods is not None,
-         "node + npm rtsp-streaming-server (npm install --prefix ~/.cache/edgedet-tests "
-         "rtsp-streaming-server@2.1.0)")
+         "node + npm rtsp-streaming-server (run tools/setup-network-tests)")
     need(shutil.which("ffmpeg") is not None, "ffmpeg")
     server = RtspServer(mods, tmp_path / "rtsp_server.log").start()
     try:

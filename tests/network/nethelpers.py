@@ -2,12 +2,12 @@
 
 - ``rtsp_server``: a relay RTSP server (npm ``rtsp-streaming-server``, run by ``rtsp_server.js``);
   publishers push to ``publish_url(path)``, readers play ``read_url(path)``. It carries RTP over
-  UDP only. Its node_modules are found in ``$EDGEDET_TEST_NODE_MODULES`` or
-  ``~/.cache/edgedet-tests/node_modules`` (``npm install --prefix ~/.cache/edgedet-tests
-  rtsp-streaming-server@2.1.0``).
+  UDP only. ``tools/setup-network-tests`` installs it into ``~/.cache/edgedet-tests`` (or
+  ``$EDGEDET_TEST_NODE_PREFIX``); ``$EDGEDET_TEST_NODE_MODULES`` may point at another node_modules.
 - ``Publisher``: an ``ffmpeg -re -stream_loop -1`` publisher of a real video (stop/start at will).
 - ``mosquitto``: a Mosquitto broker (``/usr/sbin/mosquitto``) with optional password file.
-- ``detect_frames``: real detections of the SSD MobileNet v1 model on real video frames.
+- ``chromium_screenshot``: a real headless Chromium loads a page and saves a PNG.
+- ``make_results``: real detections of the SSD MobileNet v1 model on real video frames.
 
 A missing tool skips its tests, except under ``EDGEDET_REQUIRE_ASSETS=1`` (CI), where it fails.
 """
@@ -114,8 +114,8 @@ def wait_published(url: str, timeout: float = 15.0) -> None:
 
 
 def node_modules() -> Optional[Path]:
-    for cand in (os.environ.get("EDGEDET_TEST_NODE_MODULES"),
-                 str(Path.home() / ".cache" / "edgedet-tests" / "node_modules")):
+    prefix = os.environ.get("EDGEDET_TEST_NODE_PREFIX") or str(Path.home() / ".cache" / "edgedet-tests")
+    for cand in (os.environ.get("EDGEDET_TEST_NODE_MODULES"), str(Path(prefix) / "node_modules")):
         if cand and (Path(cand) / "rtsp-streaming-server").is_dir():
             return Path(cand)
     return None
@@ -255,61 +255,35 @@ def chromium_screenshot(url: str, out: Path, tmp: Path, size: str = "1280,900",
 
 # ------------------------------------------------------------------ real detections
 
-class MiniDetector:
-    """SSD MobileNet v1 (its in-graph postprocess op) on BGR frames -> ``Detections`` in pixels.
+def load_detector(model: Path, labels: Path, threshold: float = 0.5):
+    """The project's real ``Detector`` (SSD MobileNet v1 here)."""
+    from edgedet.detector import Detector
 
-    Uses ``edgedet.detector`` when it exists; this small stand-in only serves to make real
-    ``Result`` objects for the sink tests.
-    """
-
-    def __init__(self, model: Path, labels: Path, threshold: float = 0.5) -> None:
-        from edgedet.runtime import load_interpreter
-
-        self.it = load_interpreter(model, 2)
-        self.it.allocate_tensors()
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()
-        self.labels = labels.read_text().splitlines()
-        self.threshold = threshold
-
-    def __call__(self, image):
-        import cv2
-        import numpy as np
-
-        from edgedet.detections import Detections
-
-        h, w = image.shape[:2]
-        x = cv2.resize(image, (300, 300))[:, :, ::-1][None]
-        self.it.set_tensor(self.inp["index"], np.ascontiguousarray(x, dtype=np.uint8))
-        self.it.invoke()
-        boxes, classes, scores, count = (self.it.get_tensor(o["index"]) for o in self.out[:4])
-        n = int(count.reshape(-1)[0])
-        boxes, classes, scores = boxes[0, :n], classes[0, :n], scores[0, :n]
-        keep = scores >= self.threshold
-        yxyx = boxes[keep]
-        xyxy = np.stack([yxyx[:, 1] * w, yxyx[:, 0] * h, yxyx[:, 3] * w, yxyx[:, 2] * h], axis=1)
-        return Detections(xyxy, scores[keep], classes[keep].astype(np.int32))
+    return Detector.from_path(model, threads=2, labels=str(labels), score_threshold=threshold)
 
 
-def draw(image, dets, labels):
-    """A simple overlay (green boxes) for tests; the pipeline draws its own."""
-    import cv2
+def overlay_colour(class_id: int = 0):
+    """The overlay's box colour (BGR) for a class: 0 = person."""
+    from edgedet.sinks.overlay import Overlay
 
-    out = image.copy()
-    for (x1, y1, x2, y2), c in zip(dets.xyxy.astype(int).tolist(), dets.class_ids.tolist()):
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), 3)
-        cv2.putText(out, labels[c] if c < len(labels) else str(c), (x1, max(12, y1 - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
-    return out
+    return Overlay().color(class_id)
+
+
+def colour_pixels(image, colour, tol: int = 40) -> int:
+    """How many pixels are within ``tol`` of ``colour`` (the overlay's boxes survive JPEG/H.264)."""
+    import numpy as np
+
+    return int((np.abs(image.astype(np.int16) - np.array(colour, np.int16)).max(axis=2) < tol).sum())
 
 
 def make_results(video: Path, model: Path, labels_path: Path, count: int = 30, step: int = 3):
-    """Real ``Result`` objects (with an annotated image) for frames of a real video."""
+    """Real ``Result`` objects (detections of the real Detector, the real overlay) for a real video."""
     import cv2
 
     from edgedet.frame import Frame, Result
+    from edgedet.sinks.overlay import annotate
 
-    det = MiniDetector(model, labels_path)
+    det = load_detector(model, labels_path)
     cap = cv2.VideoCapture(str(video))
     results = []
     index = 0
@@ -321,12 +295,14 @@ def make_results(video: Path, model: Path, labels_path: Path, count: int = 30, s
             index += 1
             if index % step:
                 continue
-            t0 = time.perf_counter()
-            dets = det(image)
-            ms = (time.perf_counter() - t0) * 1000
+            dets = det.detect(image)
+            t = det.last_timings
             frame = Frame(image=image, index=index, timestamp=time.monotonic(), wall_time=time.time())
-            results.append(Result(frame=frame, detections=dets, timings={"invoke": ms, "decode": 0.1},
-                                  labels=det.labels, annotated=draw(image, dets, det.labels), fps=10.0))
+            result = Result(frame=frame, detections=dets, labels=list(det.labels), fps=10.0,
+                            timings={"preprocess": t["preprocess_ms"], "invoke": t["invoke_ms"],
+                                     "decode": t["decode_ms"]})
+            annotate(result)
+            results.append(result)
     finally:
         cap.release()
     return results

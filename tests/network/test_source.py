@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from nethelpers import HOST, MiniDetector, Publisher, free_port, wait_published
+from nethelpers import HOST, Publisher, free_port, load_detector, wait_published
 
 from edgedet.config import SourceConfig
 from edgedet.errors import SourceError
@@ -69,7 +69,7 @@ def test_unpublished_path_is_a_clear_error(rtsp_server):
 
 def test_reads_newest_frames_and_detects_people(publisher, rtsp_server, v1_model, coco_labels):
     src = NetworkSource(rtsp_server.read_url("cam"), udp_cfg())
-    det = MiniDetector(v1_model, coco_labels)
+    det = load_detector(v1_model, coco_labels)
     with src:
         assert src.live and src.fps == pytest.approx(10.0, abs=0.5)
         people = 0
@@ -79,7 +79,7 @@ def test_reads_newest_frames_and_detects_people(publisher, rtsp_server, v1_model
             assert frame is not None and frame.image.shape == (360, 480, 3)
             assert frame.index > last_index
             last_index = frame.index
-            dets = det(frame.image)
+            dets = det.detect(frame.image)
             people += int((dets.class_ids == 0).sum())
         stats = src.stats()
     assert people >= 15  # several pedestrians in every frame

@@ -217,3 +217,25 @@ def test_periodic_stats_are_printed(capsys):
         p.run()
     blocks = [line for line in buf.getvalue().splitlines() if line.startswith("edgedet stats")]
     assert len(blocks) >= 2
+
+
+def test_sink_polled_from_main_thread_can_end_the_run():
+    main_thread = threading.main_thread()
+
+    class Gui(BaseSink):
+        needs_annotated = True
+
+        def __init__(self):
+            self.polls = 0
+            self.threads = set()
+
+        def poll(self):
+            self.threads.add(threading.current_thread())
+            self.polls += 1
+            return self.polls < 20
+
+    gui = Gui()
+    with Pipeline(SyntheticSource(n=10**9, fps=100), StandinDetector(), [gui], drop=True) as p:
+        p.run()
+    assert p.stop_reason == "window closed"
+    assert gui.threads == {main_thread} and gui.polls == 20

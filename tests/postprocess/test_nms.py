@@ -9,13 +9,14 @@ from edgedet.postprocess.nms import iou_matrix, nms, nms_sorted
 
 def reference_nms(boxes, scores, thr, max_out=None, class_ids=None):
     order = sorted(range(len(scores)), key=lambda i: -scores[i])  # Python's sort is stable
+    ious = iou_matrix(boxes, boxes)
     keep = []
     for i in order:
         ok = True
         for k in keep:
             if class_ids is not None and class_ids[k] != class_ids[i]:
                 continue
-            if iou_matrix(boxes[[k]], boxes[[i]])[0, 0] > thr:
+            if ious[k, i] > thr:
                 ok = False
                 break
         if ok:

@@ -286,3 +286,68 @@ def test_examples_pi_config_drives_the_pi_camera_source(picamera2, grace_hopper)
     with PiCameraSource(cfg.picamera, (300, 300)) as source:
         frame = source.read()
     assert frame.image.shape[1::-1] == tuple(cfg.picamera.main_size)
+
+
+def test_both_example_configs_load():
+    from edgedet.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    pi = load_config(root / "examples" / "edgedet-pi.yaml")
+    assert pi.source.camera == "pi" and pi.output.headless
+    rtsp = load_config(root / "examples" / "edgedet-rtsp.yaml")
+    assert rtsp.source.uri.startswith("rtsp://") and rtsp.source.rtsp_transport == "tcp"
+
+
+def test_a_configuration_error_exits_2_so_the_service_does_not_restart_in_a_loop(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    unit = (root / "tools" / "edgedet.service").read_text()
+    assert "RestartPreventExitStatus=2" in unit and "Restart=on-failure" in unit
+    assert "ExecStart=/opt/edgedet/venv/bin/edgedet run --config /etc/edgedet/edgedet.yaml" in unit
+    bad = tmp_path / "edgedet.yaml"
+    bad.write_text("picamera:\n  main_size: [1280, 720]\n  lores: [300, 300]\n")
+    res = subprocess.run([sys.executable, "-m", "edgedet", "run", "--config", str(bad)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.startswith("edgedet: error: picamera.lores: unknown option") and res.stderr.count("\n") == 1
+
+
+def test_picamera2_broken_by_numpy_2_says_how_to_fix_it(monkeypatch, tmp_path):
+    # what Raspberry Pi OS's picamera2 does in a venv where pip installed numpy 2 (picamera2 issue #1211)
+    pkg = tmp_path / "picamera2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility. "
+        "Expected 96 from C header, got 88 from PyObject')\n")
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SourceError, match=r"pip install --force-reinstall simplejpeg") as err:
+        PiCameraSource(PiCameraConfig(), (300, 300)).open()
+    assert "numpy.dtype size changed" in str(err.value)
+    sys.modules.pop("picamera2", None)
+
+
+def test_edgedet_run_camera_pi_end_to_end(tmp_path, grace_hopper, v1_model, coco_labels):
+    """The CLI as a user runs it: the fake camera in a real `edgedet run` process."""
+    import json
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tmp_path / "edgedet.yaml"
+    cfg.write_text(f"model: {{path: {v1_model}, labels: {coco_labels}}}\n"
+                   "source: {camera: pi, max_frames: 3}\n"
+                   "picamera: {main_size: [1034, 1212], fps: 30}\n"
+                   f"output: {{headless: true, events: {tmp_path / 'events.jsonl'}}}\n")
+    env = dict(os.environ, FAKE_PICAMERA2_SCENE=str(grace_hopper),
+               PYTHONPATH=os.pathsep.join([str(FAKES), str(root), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "edgedet", "run", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len(events) == 3
+    first = events[0]
+    assert (first["width"], first["height"]) == (1034, 1212)  # the main stream, not the 300x300 lores
+    person = max((d for d in first["detections"] if d["label"] == "person"), key=lambda d: d["score"])
+    assert person["box"][2] > 600 and person["box"][3] > 900

@@ -22,7 +22,7 @@ def test_bench_json_on_the_op_model_and_a_video(v1_model, pedestrians_video):
     for key in ("invoke_ms", "invoke_stripped_ms", "invoke_with_op_ms", "preprocess_ms"):
         assert r[key]["n"] == 5 and 0 < r[key]["p50"] <= r[key]["p95"], key
     assert set(r["decode_ms"]) == {"ours", "op"}
-    assert r["op_ms"] == round(r["invoke_with_op_ms"]["p50"] - r["invoke_stripped_ms"]["p50"], 3)
+    assert isinstance(r["op_ms"], float) and r["op_ms_blocks"] == 1  # 5 runs: one pair of blocks
     assert r["pipeline"]["frames"] == 12 and r["pipeline"]["fps"] > 0
     assert {"capture", "preprocess", "invoke", "decode"} <= set(r["pipeline"]["stages_ms"])
     assert r["pipeline_vs_invoke"] == round(r["pipeline"]["fps"] / r["invoke_rate"], 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ class _Fake:
         self.reset()
 
     def reset(self) -> None:
-        self.scene: Optional[str] = None
+        self.scene: Optional[str] = os.environ.get("FAKE_PICAMERA2_SCENE")  # for a CLI run
         self.cameras = [{"Model": "imx219", "Location": 2, "Rotation": 180,
                          "Id": "/base/soc/i2c0mux/i2c@1/imx219@10", "Num": 0}]
         self.platform = "VC4"  # Pi 4 ("PISP" for a Pi 5)

@@ -1,0 +1,130 @@
+"""int8 / fp16 / dynamic quantization of the real FPNLite asset (dynamic-range weights, op at the end)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edgedet import tflite_file as tfl
+from edgedet.detector import Detector
+from edgedet.errors import ModelError
+from edgedet.sidecar import load_sidecar
+from edgedet.tools.quantize import (
+    census_of,
+    copy_sidecar,
+    prepare_float_model,
+    quantize_dynamic,
+    quantize_fp16,
+    quantize_int8,
+)
+
+
+@pytest.fixture(scope="module")
+def calib_images(tmp_path_factory):
+    from conftest import require_asset
+
+    from edgedet.tools.calibration import build_calibration_set
+
+    video = require_asset("videos/pedestrians_480x360.avi")
+    photos = require_asset("images/coral")
+    cs = build_calibration_set([str(video), str(photos)], tmp_path_factory.mktemp("calib"), num=8)
+    return cs.images
+
+
+@pytest.fixture(scope="module")
+def int8_model(calib_images, tmp_path_factory):
+    from conftest import require_asset
+
+    src = require_asset("models/ssd_mobilenet_v2_fpnlite_320_coco_fp.tflite")
+    out = tmp_path_factory.mktemp("q") / "fpnlite_int8.tflite"
+    result = quantize_int8(src, out, calib_images, percentile=99.99, threads=2)
+    copy_sidecar(src, out)
+    from edgedet.sidecar import update_sidecar
+
+    if result.sidecar:
+        update_sidecar(out, **result.sidecar)
+    return src, out, result
+
+
+def test_every_conv_and_activation_is_int8(int8_model):
+    src, out, result = int8_model
+    census = census_of(out)
+    assert census == result.census
+    assert census["conv_total"] == 123 and census["conv_int8"] == 123
+    assert census["activations_int8"] == census["activations_total"] > 100
+    # the model keeps float input/outputs and its postprocess op
+    model = tfl.read_model(out)
+    sg = model.subgraphs[0]
+    assert int(sg.tensors[sg.inputs[0]].type) == 0
+    names = {tfl.opcode_name(model, op.opcodeIndex) for op in sg.operators}
+    assert "TFLite_Detection_PostProcess" in names and {"QUANTIZE", "DEQUANTIZE"} <= names
+
+
+def test_dead_channels_repaired_no_overflowing_bias(int8_model):
+    _, out, result = int8_model
+    assert result.repaired_channels > 0  # the FPNLite head has all-zero output channels
+    model = tfl.read_model(out)
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        if tfl.opcode_name(model, op.opcodeIndex) in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            w = sg.tensors[op.inputs[1]]
+            assert np.asarray(w.quantization.scale).min() > 1e-9
+
+
+def test_quantized_model_still_finds_grace_hopper(int8_model, grace_hopper, coco_labels):
+    src, out, _ = int8_model
+    image = cv2.imread(str(grace_hopper))
+    for postprocess in ("op", "ours"):
+        ref = Detector.from_path(src, labels=coco_labels, score_threshold=0.5, postprocess=postprocess)
+        det = Detector.from_path(out, labels=coco_labels, score_threshold=0.5, postprocess=postprocess)
+        a, b = ref.detect(image), det.detect(image)
+        assert det.labels[int(b.class_ids[0])] == "person"
+        assert abs(float(a.scores[0]) - float(b.scores[0])) < 0.1
+        iou = _iou(a.xyxy[0], b.xyxy[0])
+        assert iou > 0.8
+    # the sidecar says the op's class input is already a probability
+    assert load_sidecar(out)["postprocess"]["score_activation"] == "none"
+
+
+def _iou(a, b):
+    tl, br = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(br - tl, 0, None)))
+    area = lambda x: float(np.prod(x[2:] - x[:2]))  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_hybrid_weights_are_dequantized_per_channel(fpnlite_model):
+    model = tfl.read_model(fpnlite_model)
+    sg = model.subgraphs[0]
+    # pick a hybrid int8 conv weight and remember its per-channel dequantized values
+    op = next(o for o in sg.operators if tfl.opcode_name(model, o.opcodeIndex) == "CONV_2D"
+              and int(sg.tensors[o.inputs[1]].type) == 9)
+    w = sg.tensors[op.inputs[1]]
+    q = tfl.tensor_array(model, w).astype(np.float32)
+    scale = np.asarray(w.quantization.scale, np.float32)
+    expected = q * scale.reshape(-1, 1, 1, 1)
+    stats = prepare_float_model(model)
+    assert stats["dequantized_weights"] == 87 and stats["had_postprocess"]
+    assert int(w.type) == 0
+    np.testing.assert_allclose(tfl.tensor_array(model, w), expected, rtol=1e-6)
+
+
+def test_integer_model_is_refused(v1_model, tmp_path, calib_images):
+    with pytest.raises(ModelError, match="already integer"):
+        quantize_int8(v1_model, tmp_path / "x.tflite", calib_images[:1])
+
+
+def test_fp16_and_dynamic(fpnlite_model, tmp_path, grace_hopper):
+    image = cv2.imread(str(grace_hopper))
+    ref = Detector.from_path(fpnlite_model, score_threshold=0.5).detect(image)
+    for fn, name in ((quantize_fp16, "fp16"), (quantize_dynamic, "dynamic")):
+        out = tmp_path / f"{name}.tflite"
+        result = fn(fpnlite_model, out)
+        assert result.mode == name
+        dets = Detector.from_path(out, score_threshold=0.5).detect(image)
+        assert int(dets.class_ids[0]) == int(ref.class_ids[0]) == 0
+        assert abs(float(dets.scores[0]) - float(ref.scores[0])) < 0.05
+    model = tfl.read_model(tmp_path / "fp16.tflite")
+    types = [int(t.type) for t in model.subgraphs[0].tensors]
+    assert types.count(1) == quantize_fp16(fpnlite_model, tmp_path / "again.tflite").census["weights_fp16"] > 80
