@@ -7,7 +7,10 @@
 
 The hand-offs (``edgedet.slot``) keep only the newest item when frames may be dropped (live
 sources: a slow stage always works on the freshest frame, and every overwritten item is counted
-per slot) and are bounded blocking queues otherwise (files: every frame is processed).
+per slot) and are bounded blocking queues otherwise (files: every frame is processed). When
+nothing is dropped, frames are preprocessed ahead in the capture thread (into a small ring of
+preallocated input arrays), so the inference thread does nothing but invoke; when frames are
+dropped, only the frames that are inferred are preprocessed, in the inference thread.
 
 Lifecycle: ``with Pipeline(...) as p: stats = p.run()``. Entering opens the source, then the
 sinks; leaving stops the threads and closes the sinks in reverse order, then the source. ``run``
@@ -23,6 +26,7 @@ An exception in any stage stops every stage and is re-raised by ``run``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import signal
@@ -50,6 +54,22 @@ from .stats import PipelineStats, format_text, write_json
 log = logging.getLogger("edgedet.pipeline")
 
 __all__ = ["Pipeline", "run_from_config", "StopRequested"]
+
+
+@dataclass
+class _Captured:
+    """A frame between capture and inference (already prepared when ``prepare_early``)."""
+
+    frame: Frame
+    prepared: Any = None
+    preprocess_ms: float = 0.0
+
+
+def _model_image(frame: Frame) -> tuple:
+    """What the detector runs on: the lores stream when the source has one."""
+    if frame.lores is not None:
+        return frame.lores, frame.lores_format
+    return frame.image, "BGR"
 
 
 @dataclass
@@ -96,7 +116,7 @@ class Pipeline:
                  max_frames: Optional[int] = None, stats_interval: float = 0,
                  queue_size: int = 2, context: Optional[SinkContext] = None,
                  stats_stream: Optional[IO[str]] = None, overlay: Optional[Overlay] = None,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, prepare_early: Optional[bool] = None) -> None:
         self.source = source
         self.detector = detector
         self.sinks = list(sinks)
@@ -107,6 +127,9 @@ class Pipeline:
         self.stats_stream = stats_stream
         self.overlay = overlay or Overlay()
         self.handle_signals = handle_signals
+        # files (no dropping): preprocess in the capture thread so the inference thread only invokes;
+        # live (dropping): preprocess only the frames that are actually inferred
+        self.prepare_early = (not self.drop) if prepare_early is None else bool(prepare_early)
         self.labels = list(getattr(detector, "labels", None) or []) or None
         self.to_infer = make_handoff("to_infer", self.drop, queue_size)
         self.to_decode = make_handoff("to_decode", self.drop, queue_size)
@@ -267,8 +290,12 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
-        stats, out, source = self.stats, self.to_infer, self.source
+        stats, out, source, det = self.stats, self.to_infer, self.source, self.detector
         limit = self.max_frames if not self.drop else None
+        early = self.prepare_early
+        ring: list = []  # preallocated copies of the model input, one per frame that can be in flight
+        ring_size = getattr(out, "maxsize", 1) + 2
+        k = 0
         clock = time.perf_counter
         try:
             while not self._stop.is_set():
@@ -279,7 +306,22 @@ class Pipeline:
                     break
                 stats.add("capture", (clock() - t0) * 1000.0)
                 stats.captured += 1
-                if not out.put(frame):
+                item = _Captured(frame)
+                if early:
+                    t1 = clock()
+                    prepared = det.prepare(*_model_image(frame))
+                    tensor = getattr(prepared, "tensor", None)
+                    if tensor is not None:  # the detector reuses its input array: keep a copy per frame
+                        if not ring or ring[0].shape != tensor.shape or ring[0].dtype != tensor.dtype:
+                            ring = [np.empty_like(tensor) for _ in range(ring_size)]
+                        buf = ring[k % ring_size]
+                        k += 1
+                        np.copyto(buf, tensor)
+                        prepared = copy.copy(prepared)
+                        prepared.tensor = buf
+                    item.prepared = prepared
+                    item.preprocess_ms = (clock() - t1) * 1000.0
+                if not out.put(item):
                     break
                 if limit is not None and stats.captured >= limit:
                     break
@@ -292,21 +334,22 @@ class Pipeline:
         try:
             while True:
                 try:
-                    frame = src.get()
+                    item = src.get()
                 except Closed:
                     break
-                if frame.lores is not None:
-                    image, fmt = frame.lores, frame.lores_format
-                else:
-                    image, fmt = frame.image, "BGR"
+                frame = item.frame
                 t0 = clock()
-                prepared = det.prepare(image, fmt=fmt)
+                if item.prepared is None:
+                    prepared = det.prepare(*_model_image(frame))
+                    preprocess_ms = (clock() - t0) * 1000.0
+                else:
+                    prepared, preprocess_ms = item.prepared, item.preprocess_ms
                 t1 = clock()
                 raw = det.infer(prepared)
                 t2 = clock()
                 invoke_ms = getattr(raw, "invoke_ms", None)
                 timings = {
-                    "preprocess": (t1 - t0) * 1000.0,
+                    "preprocess": preprocess_ms,
                     "invoke": float(invoke_ms) if invoke_ms is not None else (t2 - t1) * 1000.0,
                 }
                 stats.add("preprocess", timings["preprocess"])

@@ -102,6 +102,7 @@ class Pair:
         self.activation = stripped.score_activation
         # the op's outputs by value: boxes [1,M,4], count [1], then classes (whole numbers) / scores
         self.op_outs = self.op.get_output_details()
+        self.turn = 0
 
     def decoder(self, threshold: float) -> SSDDecoder:
         o = self.opts
@@ -131,14 +132,19 @@ def _invoke_ms(interp, index, tensor) -> float:
 
 
 def interleaved_invokes(pair: Pair, tensor, repeat: int) -> tuple[float, float, float]:
-    """``repeat`` alternating runs of each interpreter: median invoke with op, without, and the median
-    of the paired differences (pairs run back to back, so slow phases of the machine cancel out)."""
+    """``repeat`` back-to-back pairs of runs (which one goes first alternates): median invoke with op,
+    without, and the median of the paired differences (slow phases of the machine hit both alike)."""
     op, raw = [], []
     _invoke_ms(pair.op, pair.in_op, tensor)
     _invoke_ms(pair.raw, pair.in_raw, tensor)
-    for _ in range(repeat):
-        op.append(_invoke_ms(pair.op, pair.in_op, tensor))
-        raw.append(_invoke_ms(pair.raw, pair.in_raw, tensor))
+    for i in range(repeat):
+        if (i + pair.turn) % 2:  # alternate which runs first: no bias from the order within a pair
+            op.append(_invoke_ms(pair.op, pair.in_op, tensor))
+            raw.append(_invoke_ms(pair.raw, pair.in_raw, tensor))
+        else:
+            raw.append(_invoke_ms(pair.raw, pair.in_raw, tensor))
+            op.append(_invoke_ms(pair.op, pair.in_op, tensor))
+    pair.turn += 1
     diffs = [a - b for a, b in zip(op, raw)]
     return statistics.median(op), statistics.median(raw), statistics.median(diffs)
 
@@ -254,8 +260,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", help="model(s) ending in the op (default: the v1 and FPNLite assets)")
     ap.add_argument("--dataset", default=None, help="image folder (default: datasets/coco_tiny_val2017 of the assets)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=7, help="timed runs per image and step")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="interpreter threads (default 1: the op runs on one thread anyway, and a "
+                         "single-threaded invoke is far less disturbed by other load, so the "
+                         "difference of two invokes is stable)")
+    ap.add_argument("--repeat", type=int, default=9, help="timed runs per image and step")
     ap.add_argument("--threshold", type=float, default=0.5, help="the second decode threshold timed")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")

@@ -4,7 +4,7 @@
 For each width: build time, .tflite size, and interpreter invoke time (median of --runs after
 --warmup, XNNPACK, --threads threads) on a real photo. Needs the [convert] extra (tensorflow).
 
-    python tools/ssdlite_bench.py --widths 0.5 0.75 1.0 --input 320 --quantize int8 \
+    python tools/ssdlite_bench.py --widths 0.5 0.75 1.0 --input 320 --quantize int8 none \
         --calib ../shared/assets/images --out /tmp/ssdlite-bench
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--widths", type=float, nargs="+", default=[0.5, 0.75, 1.0])
     ap.add_argument("--input", type=int, default=320)
     ap.add_argument("--classes", type=int, default=90)
-    ap.add_argument("--quantize", default="int8")
+    ap.add_argument("--quantize", nargs="+", default=["int8"], help="int8, fp16, dynamic and/or none")
     ap.add_argument("--calib", nargs="*", default=[], help="calibration image files or folders")
     ap.add_argument("--num-calib", type=int, default=100)
     ap.add_argument("--image", default=str(ROOT.parent / "shared/assets/images/coral/grace_hopper.bmp"))
@@ -70,17 +70,17 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     rows, paths = [], []
-    for width in args.widths:
-        path = out / f"ssdlite_mnv2_{width:g}_{args.input}_{args.quantize}.tflite"
+    for width, quantize in [(w, q) for q in args.quantize for w in args.widths]:
+        path = out / f"ssdlite_mnv2_{width:g}_{args.input}_{quantize}.tflite"
         if args.reuse and path.is_file():
             rep = {"seconds": None, "size_bytes": path.stat().st_size, "parameters": 0, "num_anchors": None}
         else:
             rep = build_ssdlite(path, width=width, input_size=args.input, num_classes=args.classes,
-                                quantize=None if args.quantize == "none" else args.quantize,
+                                quantize=None if quantize == "none" else quantize,
                                 calibration_images=[Path(p) for p in args.calib] or None,
                                 num_calib=args.num_calib)
         paths.append(path)
-        rows.append({"width": width, "input": args.input, "quantize": args.quantize, "build_s": rep["seconds"],
+        rows.append({"width": width, "input": args.input, "quantize": quantize, "build_s": rep["seconds"],
                      "size_mb": round(rep["size_bytes"] / 1e6, 2), "parameters": rep["parameters"],
                      "anchors": rep["num_anchors"], "threads": args.threads,
                      "calibration": rep.get("calibration", {}).get("kind")})
@@ -88,10 +88,11 @@ def main() -> None:
     for row, ms in zip(rows, interleaved_invoke_ms(paths, Path(args.image), args.threads, args.warmup,
                                                    args.runs)):
         row["invoke_ms_p50"] = round(ms, 2)
-    print("| width | build s | size MB | params | invoke ms (p50) |")
-    print("|---|---|---|---|---|")
+    print(f"| width | quantize | build s | size MB | params | invoke ms p50 ({args.threads} threads) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['width']:g} | {r['build_s']} | {r['size_mb']} | {r['parameters']:,} | {r['invoke_ms_p50']} |")
+        print(f"| {r['width']:g} | {r['quantize']} | {r['build_s']} | {r['size_mb']} | {r['parameters']:,} "
+              f"| {r['invoke_ms_p50']} |")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from ..tools.convert import POSTPROCESS_MODES, QUANTIZE_MODES
 @click.option("--num-calib", type=click.IntRange(1), default=None,
               help="use this many calibration images (spread over the set; default all)")
 @click.option("--percentile", default="auto", show_default=True,
-              help="backbone activation range percentile (e.g. 99.99, 100 = min/max) or 'auto': "
-                   "chosen by detection agreement on held-out calibration images")
+              help="backbone activation range: a percentile (e.g. 99.99; 100 = min/max), 'mse' (least "
+                   "int8 error per tensor) or 'auto' (the candidate whose detections best match the "
+                   "source model's on held-out calibration images)")
 @click.option("--postprocess", type=click.Choice(POSTPROCESS_MODES), default="keep", show_default=True,
               help="keep the TFLite_Detection_PostProcess op (float) or strip it (raw outputs + anchors)")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="interpreter threads")
@@ -40,7 +41,7 @@ from ..tools.convert import POSTPROCESS_MODES, QUANTIZE_MODES
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def command(src, out, quantize, calibration, num_calib, percentile, postprocess, threads, do_eval, images,
             annotations, labels, eval_limit, build_arch, backbone, width, input_size, num_classes, as_json):
-    """Convert SRC (.tflite, SavedModel dir, .keras/.h5) to a deployable .tflite at OUT.
+    """Convert SRC (.tflite or registry name, SavedModel dir, .keras/.h5) to a deployable .tflite at OUT.
 
     \b
     edgedet convert model_fp32.tflite -o model_int8.tflite --quantize int8 --calibration calib/
@@ -66,8 +67,10 @@ def command(src, out, quantize, calibration, num_calib, percentile, postprocess,
     else:
         if not src:
             raise ConfigError("missing SRC (a model to convert) or --build ssdlite")
-        report = conv.convert(src, out, quantize=quantize, calibration=calibration, num_calib=num_calib,
-                              postprocess=postprocess, percentile=percentile, threads=threads,
+        from .evaluate import resolve_model_arg
+
+        report = conv.convert(resolve_model_arg(src), out, quantize=quantize, calibration=calibration,
+                              num_calib=num_calib, postprocess=postprocess, percentile=percentile, threads=threads,
                               eval_images=images if do_eval else None,
                               eval_annotations=annotations if do_eval else None, eval_limit=eval_limit,
                               labels=labels, log=log)

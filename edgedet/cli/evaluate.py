@@ -11,14 +11,12 @@ from ..tools.evaluate import CLASS_MAPS
 
 
 def resolve_model_arg(name_or_path: str) -> Path:
-    """A registry name or a path (the registry is optional for plain paths)."""
+    """A registry name (fetched into the cache if needed) or a path."""
     path = Path(name_or_path)
-    if path.suffix == ".tflite" or path.exists():
+    if path.exists() or path.suffix == ".tflite":
         return path
-    try:
-        from ..registry import resolve_model
-    except ImportError:
-        return path
+    from ..registry import resolve_model
+
     return Path(resolve_model(name_or_path))
 
 
@@ -37,19 +35,21 @@ def resolve_model_arg(name_or_path: str) -> Path:
               help="detections per image")
 @click.option("--class-map", type=click.Choice(CLASS_MAPS), default="auto", show_default=True,
               help="model class -> dataset category: by label name, index+1 (COCO-90), or index")
+@click.option("--postprocess", type=click.Choice(["auto", "ours", "op"]), default="auto", show_default=True,
+              help="decode + NMS: the model's in-graph op or ours (numpy)")
 @click.option("--limit", type=click.IntRange(1), default=None, help="only the first N images (by id)")
 @click.option("--out", "out_json", type=click.Path(), default=None, help="write the COCO results JSON here")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
 def command(model, images, annotations, labels, threads, score_threshold, iou_threshold, max_detections,
-            class_map, limit, out_json, as_json, progress):
+            class_map, postprocess, limit, out_json, as_json, progress):
     """COCO mAP of MODEL on IMAGES annotated by ANNOTATIONS (pycocotools)."""
     from ..tools.evaluate import evaluate
 
     report = evaluate(
         resolve_model_arg(model), images, annotations, threads=threads, score_threshold=score_threshold,
         iou_threshold=iou_threshold, max_detections=max_detections, labels=labels, progress=progress,
-        out_json=out_json, limit=limit, class_map=class_map,
+        out_json=out_json, limit=limit, class_map=class_map, postprocess=postprocess,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

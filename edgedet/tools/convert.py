@@ -73,7 +73,8 @@ class ConvertReport:
                          f"activation tensors {c['activations_int8']}/{c['activations_total']}"
                          + (f", {self.repaired_channels} dead channels repaired" if self.repaired_channels else ""))
         if self.recipe.get("percentile") is not None:
-            lines.append(f"  ranges    global, backbone percentile {self.recipe['percentile']}, head min/max")
+            lines.append(f"  ranges    global over the calibration set, backbone percentile "
+                         f"{self.recipe['percentile']}, head min/max")
         if self.calibration:
             lines.append(f"  calib     {self.calibration.get('size')} images from {self.calibration.get('path')}")
         if self.agreement:
@@ -184,11 +185,11 @@ def convert(src, out, *, quantize: Optional[str] = None, calibration=None, num_c
         calib_set = load_calibration_set(calibration, limit=num_calib)
     elif calibration is not None and quantize != "int8":
         log("note: --calibration is only used by --quantize int8")
-    if percentile != "auto":
+    if percentile not in ("auto", "mse"):
         try:
             percentile = float(percentile)
         except ValueError as exc:
-            raise ConfigError(f"--percentile must be 'auto' or a number, not {percentile!r}") from exc
+            raise ConfigError(f"--percentile must be 'auto', 'mse' or a number, not {percentile!r}") from exc
         if not 50.0 < percentile <= 100.0:
             raise ConfigError("--percentile must be in (50, 100]")
 
@@ -229,7 +230,7 @@ def convert(src, out, *, quantize: Optional[str] = None, calibration=None, num_c
                 report.agreement = {"images": len(held), **scores[percentile]}
             images = list(calib_set.images)
             log(f"quantizing to int8 with {len(images)} calibration images")
-            result = quantize_int8(work_src, result_path, images, percentile=float(percentile), threads=threads)
+            result = quantize_int8(work_src, result_path, images, percentile=percentile, threads=threads)
             report.calibration = calib_set.describe()
         elif quantize == "fp16":
             result = quantize_fp16(work_src, result_path)

@@ -42,6 +42,7 @@ from .prune_recon import (
 )
 
 METHODS = ("magnitude", "reconstruct")
+ALLOCATIONS = ("sensitivity", "uniform")
 SKIP_KINDS = ("pointwise", "conv", "depthwise", "fc", "first", "last")
 DEFAULT_SKIP = ("depthwise", "conv")
 
@@ -57,6 +58,8 @@ class PruneOptions:
     max_layer_sparsity: float = 0.9  # cap per layer (guards heads of classes absent from calibration)
     sequential: bool = True
     damp: float = 0.01
+    allocation: str = "sensitivity"  # or "uniform"
+    holdout: float = 0.25  # share of calibration inputs kept aside to measure output error
     normalization: Optional[Sequence[float]] = None  # input (mean, std); default from sidecar or 127.5
     progress: Optional[Callable[[str], None]] = None
 
@@ -72,6 +75,10 @@ class PruneOptions:
                               f"{self.max_layer_sparsity}")
         if self.method == "reconstruct" and not self.calibration:
             raise ConfigError("--method reconstruct needs --calibration DIR (images or videos)")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}")
+        if self.allocation == "sensitivity" and not self.calibration:
+            raise ConfigError("--allocation sensitivity needs --calibration DIR (or use --allocation uniform)")
         if int(self.num_calib) < 1:
             raise ConfigError(f"--num-calib must be at least 1, got {self.num_calib}")
 
@@ -229,9 +236,11 @@ def _interpreter(path, threads, preserve=True):
     return load_interpreter(path, threads, preserve_all_tensors=preserve)
 
 
-def capture(path, inputs: list[np.ndarray], tensors: Sequence[int], threads=None) -> dict[int, list]:
-    """Raw values of ``tensors`` for every input (XNNPACK off so intermediates are real)."""
-    interp = _interpreter(path, threads)
+def capture(path, inputs: list[np.ndarray], tensors: Sequence[int], threads=None,
+            preserve: bool = True) -> dict[int, list]:
+    """Raw values of ``tensors`` for every input. ``preserve`` (XNNPACK off) makes intermediate
+    tensors real; without it only graph outputs and inputs of non-delegated ops are valid."""
+    interp = _interpreter(path, threads, preserve)
     index = interp.get_input_details()[0]["index"]
     out: dict[int, list] = {t: [] for t in tensors}
     for x in inputs:
@@ -363,10 +372,103 @@ def _say(opts: PruneOptions, msg: str) -> None:
         opts.progress(msg)
 
 
+def split_calibration(inputs: list, holdout: float) -> tuple[list, list]:
+    """``(fit, held)``: every k-th input is held out to measure the pruned model honestly."""
+    if holdout <= 0 or len(inputs) < 4:
+        return list(inputs), list(inputs)
+    step = max(2, int(round(1.0 / holdout)))
+    held = inputs[step - 1::step]
+    fit = [x for i, x in enumerate(inputs) if i % step != step - 1]
+    return fit, held
+
+
+class _Snapshot:
+    """Saved weight and bias buffers of one layer, to try a pruning and undo it."""
+
+    def __init__(self, model, layer: pl.PrunableLayer):
+        sg = model.subgraphs[0]
+        self.model = model
+        self.buffers = [sg.tensors[t].buffer for t in (layer.weight, layer.bias) if t is not None]
+        self.data = [np.array(model.buffers[b].data, copy=True) for b in self.buffers]
+
+    def restore(self) -> None:
+        for b, d in zip(self.buffers, self.data):
+            self.model.buffers[b].data = d.copy()
+
+
+class _Pruner:
+    """Prunes layers of one model, with dense-input statistics computed once per layer."""
+
+    def __init__(self, model, opts: PruneOptions, fit: list, dense: dict | None):
+        self.model, self.opts, self.fit, self.dense = model, opts, fit, dense
+        self._dense_stats: dict[int, _Stats] = {}
+
+    def dense_stats(self, layer: pl.PrunableLayer) -> _Stats:
+        st = self._dense_stats.get(layer.op_index)
+        if st is None:
+            st = _Stats()
+            for raw in self.dense[layer.input]:
+                st.add(layer_inputs(self.model, layer, raw), None)
+            self._dense_stats[layer.op_index] = st
+        return st
+
+    def stats(self, layer: pl.PrunableLayer, current: dict | None) -> _Stats:
+        if current is None:
+            return self.dense_stats(layer)
+        st = _Stats()
+        for raw_p, raw_d in zip(current[layer.input], self.dense[layer.input]):
+            st.add(layer_inputs(self.model, layer, raw_p), layer_inputs(self.model, layer, raw_d))
+        return st
+
+    def method_for(self, layer: pl.PrunableLayer) -> str:
+        return "magnitude" if self.opts.method == "magnitude" or layer.kind == "depthwise" else "reconstruct"
+
+    def prune(self, layer: pl.PrunableLayer, sparsity: float, current: dict | None = None) -> Optional[float]:
+        if self.method_for(layer) == "magnitude":
+            prune_magnitude(self.model, layer, sparsity)
+            return None
+        return prune_reconstruct(self.model, layer, sparsity, self.stats(layer, current), self.opts.damp)
+
+
+SENSITIVITY_GRID = (0.3, 0.5, 0.7, 0.85, 0.95)
+
+
+def measure_sensitivity(model, layers, pruner: _Pruner, held: list, heads: list[int], dense_heads: dict,
+                        grid=SENSITIVITY_GRID, threads=None, say=None,
+                        score: Optional[Callable[[Path], float]] = None) -> dict[int, list]:
+    """Per layer: ``[(sparsity, head error on held-out calibration inputs)]``, one layer at a time.
+
+    ``score(model_path)`` replaces the head error (e.g. an mAP drop) when given."""
+    curves: dict[int, list] = {}
+    for n, layer in enumerate(layers):
+        if say:
+            say(f"sensitivity {n + 1}/{len(layers)}: {layer.name}")
+        snap = _Snapshot(model, layer)
+        points = []
+        for s in grid:
+            pruner.prune(layer, s)
+            achieved = pl.sparsity_of(model, layer)
+            with _ModelFile(model) as path:
+                if score is not None:
+                    value = score(path)
+                else:
+                    value = head_error(dense_heads, capture(path, held, heads, threads, preserve=False))
+            points.append((achieved, value))
+            snap.restore()
+        curves[layer.op_index] = points
+    return curves
+
+
 def prune_model(model, opts: PruneOptions, layers: list[pl.PrunableLayer] | None = None,
                 targets: dict[int, float] | None = None, inputs: list[np.ndarray] | None = None,
-                ) -> tuple[list[LayerResult], Optional[float]]:
-    """Prune ``model`` (a ``ModelT``) in place; returns per-layer results and the head error."""
+                curves: dict | None = None) -> tuple[list[LayerResult], Optional[float]]:
+    """Prune ``model`` (a ``ModelT``) in place; returns per-layer results and the head error
+    on held-out calibration inputs (None without calibration inputs).
+
+    ``curves``: a dict to cache the measured per-layer sensitivity in (filled when empty, reused
+    when not: pruning the same model to several sparsities measures it once)."""
+    from .prune_alloc import allocate
+
     opts.validate()
     all_layers = pl.find_layers(model)
     if layers is None:
@@ -376,53 +478,60 @@ def prune_model(model, opts: PruneOptions, layers: list[pl.PrunableLayer] | None
                          "to prune")
     if not layers:
         raise ConfigError("--skip leaves no layer to prune")
+    if opts.method == "reconstruct" and not inputs:
+        raise ConfigError("--method reconstruct needs calibration inputs")
+    if opts.allocation == "sensitivity" and not inputs:
+        raise ConfigError("--allocation sensitivity needs --calibration inputs")
     before = {layer.op_index: pl.sparsity_of(model, layer) for layer in layers}
+    fit, held = split_calibration(inputs or [], opts.holdout)
+    heads = head_tensors(model)
+    data_layers = [x for x in layers if x.kind != "depthwise"] if opts.method == "reconstruct" else []
+    dense = None
+    dense_heads = None
+    if inputs:
+        with _ModelFile(model) as path:
+            if data_layers:
+                _say(opts, f"reading activations of {len(fit)} calibration inputs")
+                dense = capture(path, fit, sorted({x.input for x in data_layers}), opts.threads)
+            dense_heads = capture(path, held, heads, opts.threads, preserve=False)
+    pruner = _Pruner(model, opts, fit, dense)
     if targets is None:
-        targets = layer_targets(layers, opts.sparsity, opts.max_layer_sparsity, before)
+        if opts.allocation == "uniform":
+            targets = layer_targets(layers, opts.sparsity, opts.max_layer_sparsity, before)
+        else:
+            grid = tuple(s for s in SENSITIVITY_GRID if s <= opts.max_layer_sparsity) or (opts.max_layer_sparsity,)
+            if not curves:
+                measured = measure_sensitivity(model, layers, pruner, held, heads, dense_heads, grid,
+                                               opts.threads, say=lambda m: _say(opts, m))
+                if curves is None:
+                    curves = measured
+                else:
+                    curves.update(measured)
+            targets = allocate(curves, {x.op_index: x.size for x in layers}, opts.sparsity, before,
+                               opts.max_layer_sparsity)
     errors: dict[int, float] = {}
-    used: dict[int, str] = {}
+    for layer in layers:  # layers without calibration data first (they do not read activations)
+        if layer not in data_layers:
+            pruner.prune(layer, targets[layer.op_index])
+    changed = len(data_layers) < len(layers)
+    groups = levels(model, data_layers) if (opts.sequential and data_layers) else (
+        [data_layers] if data_layers else [])
+    for gi, group in enumerate(groups):
+        _say(opts, f"pruning {gi + 1}/{len(groups)}: " + ", ".join(x.name for x in group))
+        current = None
+        if changed and opts.sequential:
+            with _ModelFile(model) as path:
+                current = capture(path, fit, sorted({x.input for x in group}), opts.threads)
+        for layer in group:
+            errors[layer.op_index] = pruner.prune(layer, targets[layer.op_index], current)
+        changed = True
     agreement = None
-    if opts.method == "magnitude":
-        for layer in layers:
-            prune_magnitude(model, layer, targets[layer.op_index])
-            used[layer.op_index] = "magnitude"
-    else:
-        data_layers = [x for x in layers if x.kind != "depthwise"]
-        for layer in layers:
-            if layer.kind == "depthwise":  # one input per weight group: saliency is plain magnitude
-                prune_magnitude(model, layer, targets[layer.op_index])
-                used[layer.op_index] = "magnitude"
-        if inputs is None:
-            raise ConfigError("--method reconstruct needs calibration inputs")
-        heads = head_tensors(model)
+    if inputs:
         with _ModelFile(model) as path:
-            dense = capture(path, inputs, sorted({x.input for x in data_layers} | set(heads)), opts.threads)
-        groups = levels(model, data_layers) if opts.sequential else [data_layers]
-        changed = bool(used)  # depthwise layers already changed the model
-        for gi, group in enumerate(groups):
-            _say(opts, f"layers {gi + 1}/{len(groups)}: " + ", ".join(x.name.split("/")[-2] if "/" in x.name
-                                                                       else x.name for x in group))
-            if changed:
-                with _ModelFile(model) as path:
-                    current = capture(path, inputs, sorted({x.input for x in group}), opts.threads)
-            else:
-                current = None
-            for layer in group:
-                st = _Stats()
-                for k in range(len(inputs)):
-                    xd = layer_inputs(model, layer, dense[layer.input][k])
-                    xp = xd if current is None else layer_inputs(model, layer, current[layer.input][k])
-                    st.add(xp, None if current is None else xd)
-                errors[layer.op_index] = prune_reconstruct(model, layer, targets[layer.op_index], st,
-                                                           opts.damp)
-                used[layer.op_index] = "reconstruct"
-            changed = True
-        with _ModelFile(model) as path:
-            final = capture(path, inputs, heads, opts.threads)
-        agreement = head_error({t: dense[t] for t in heads}, final)
+            agreement = head_error(dense_heads, capture(path, held, heads, opts.threads, preserve=False))
     results = [LayerResult(name=x.name, kind=x.kind, size=x.size, sparsity_before=before[x.op_index],
                            sparsity=pl.sparsity_of(model, x), target=targets[x.op_index],
-                           method=used[x.op_index], rel_error=errors.get(x.op_index))
+                           method=pruner.method_for(x), rel_error=errors.get(x.op_index))
                for x in layers]
     return results, agreement
 

@@ -148,8 +148,8 @@ def output_error(w_new: np.ndarray, b_new: np.ndarray, w_ref: np.ndarray, b_ref:
     """Relative output error ``||Xa (Wn-Wr)^T||^2 / ||Xa Wr^T||^2`` from the Gram matrix alone."""
     dn = np.concatenate([w_new - w_ref, (b_new - b_ref)[:, None]], axis=1)
     ref = np.concatenate([w_ref, b_ref[:, None]], axis=1)
-    num = float(np.einsum("rk,kl,rl->", dn, h, dn))
-    den = float(np.einsum("rk,kl,rl->", ref, h, ref))
+    num = float(np.sum((dn @ h) * dn))
+    den = float(np.sum((ref @ h) * ref))
     return num / den if den > 0 else 0.0
 
 

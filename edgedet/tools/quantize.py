@@ -11,11 +11,14 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
 3. Ranges: GLOBAL over the whole calibration set (not per-image averages). The prediction head
    (the tensors between the last convolutions and the postprocess op: box encodings and class
    logits) keeps its full min/max; the rest of the network uses an outlier-robust percentile
-   of the pooled values (``percentile``; 100 = plain min/max).
+   of the pooled values (``percentile``; 100 = plain min/max; ``"mse"`` = per tensor, the
+   percentile with the least int8 round-trip error). ``choose_percentile`` picks among
+   candidates by how well each int8 model reproduces the source's detections on held-out
+   calibration images (``pseudo_map``, ``detection_agreement``).
 4. ``ai-edge-quantizer`` static int8 (weights per channel, activations per tensor); the model
    inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges).
-5. Repair: output channels whose weights are all zero get a tiny weight scale and an int32
-   bias that overflows; their scales and biases are recomputed from the float model.
+5. Repair: output channels whose weights are all (or nearly) zero get a ~1e-11 weight scale and
+   an int32 bias that overflows; their scales and biases are recomputed from the float model.
 6. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
 """
 
@@ -196,12 +199,6 @@ def postprocess_options(op) -> dict:
     return dict(flexbuffers.Loads(bytes(op.customOptions)))
 
 
-def head_tensor_names(model) -> set:
-    """Tensors between the last convolutions and the postprocess op (box encodings, logits)."""
-    parts = head_parts(model)
-    return parts["boxes"] | parts["scores"]
-
-
 def head_parts(model) -> dict:
     """``{"boxes": names, "scores": names}``: the head tensors on the way to the box encodings and
     to the class predictions (from the prediction convolutions on), for op-form and raw models."""
@@ -335,7 +332,7 @@ def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *,
 
     interp = load_interpreter(float_path, threads, preserve_all_tensors=True)
     index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
-    wanted = {n: index[n] for n in names if n in index}
+    wanted = {n: index[n] for n in sorted(names) if n in index}  # sorted: the same samples every run
     in_index = interp.get_input_details()[0]["index"]
     rng = np.random.default_rng(seed)
     lo = {n: np.inf for n in wanted}
@@ -560,8 +557,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     recipe = {"mode": "int8", "tool": "ai-edge-quantizer", "weights": "int8 symmetric per-channel",
               "activations": "int8 asymmetric per-tensor", "io": "float32",
               "ranges": "global over the calibration set", "percentile": percentile,
-              "head_ranges": "min/max",
-              "postprocess": "float" if prepared["had_postprocess"] else "none"}
+              "head_ranges": "min/max", "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version
 
@@ -708,11 +704,11 @@ def pseudo_map(ref_path, test_path, images: Sequence, *, threads: Optional[int] 
             "teacher_boxes": len(gt_anns)}
 
 
-PERCENTILE_CANDIDATES = (100.0, 99.999, 99.99, 99.9)
+PERCENTILE_CANDIDATES = (100.0, 99.999, 99.99, 99.9, "mse")
 
 
-def choose_percentile(src, calibration, held_out, *, candidates: Sequence[float] = PERCENTILE_CANDIDATES,
-                      threads: Optional[int] = None, log=None) -> tuple[float, dict]:
+def choose_percentile(src, calibration, held_out, *, candidates: Sequence = PERCENTILE_CANDIDATES,
+                      threads: Optional[int] = None, log=None) -> tuple:
     """Quantize with each candidate percentile (ranges from ``calibration``) and keep the one whose
     detections best reproduce the source model's on the ``held_out`` calibration images: highest
     ``pseudo_mAP`` (see ``pseudo_map``), then detection F1. Returns the percentile and

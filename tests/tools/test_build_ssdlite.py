@@ -198,6 +198,10 @@ def test_raw_build_has_an_anchor_file_and_decodes(float_raw_model, grace_hopper)
     np.testing.assert_array_equal(anchors, ssd_anchors(standard_spec(SIZE, SIZE)))
     det = Detector.from_path(path, score_threshold=0.0)
     assert det.labels == [f"thing{i}" for i in range(CLASSES)]
+    # keras_out: the Keras model too, with a sidecar naming its anchor grid (for convert_tf)
+    keras_side = load_sidecar(path.parent / "ssdlite.keras")
+    assert (path.parent / "ssdlite.keras").is_file() and keras_side["anchors"]["generator"] == "tf_od_grid"
+    assert keras_side["postprocess"]["score_activation"] == "sigmoid"
     dets = det.detect(cv2.imread(str(grace_hopper)))
     assert len(dets) > 0 and ((dets.class_ids >= 0) & (dets.class_ids < CLASSES)).all()
 
