@@ -9,17 +9,16 @@ Who decodes (``postprocess``):
 * ``op``: the model's in-graph ``TFLite_Detection_PostProcess`` op (form-op models only);
 * ``ours``: our numpy decode + NMS; a form-op model is stripped of its op at load, and our decode
   reproduces the op (same boxes, classes and scores);
-* ``auto``: ``ours`` when the model has no op, or when the op cannot do what was asked (another IoU,
-  more detections, class-agnostic NMS over a regular-NMS op); otherwise ``ours`` as well when the op
-  can be stripped, since ours measured no slower than the op (see docs/models.md); ``op`` only when
-  the op cannot be stripped.
+* ``auto``: ``ours`` whenever the op can be stripped (its anchors are a constant tensor) - ours
+  gives the op's detections bit for bit and takes less time than the op itself (measured with
+  ``tools/bench_decode.py``, see docs/models.md) - else ``op``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -42,7 +41,6 @@ class RawOutputs:
 
     arrays: dict[str, np.ndarray]
     invoke_ms: float
-    extra: dict = field(default_factory=dict)
 
 
 class Detector:

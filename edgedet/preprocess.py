@@ -143,9 +143,10 @@ class Preprocessor:
     def prepare(self, image: np.ndarray, fmt: str = "BGR") -> Prepared:
         t0 = time.perf_counter()
         fmt = fmt.upper()
-        if fmt == "YUV420":
-            image = cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420)
-            fmt = "BGR"
+        if fmt == "YUV420":  # I420: [H * 3 / 2, W] -> straight to the model's colour order
+            rgb = self.spec.color.lower() == "rgb"
+            image = cv2.cvtColor(image, cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420)
+            fmt = "RGB" if rgb else "BGR"
         elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
             fmt = "GRAY"
         elif fmt not in FORMATS:

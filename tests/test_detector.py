@@ -13,20 +13,14 @@ from edgedet.errors import ConfigError, ModelError
 from edgedet.postprocess.nms import iou_matrix
 
 
-@pytest.fixture(scope="module")
-def hopper():
-    from conftest import require_asset
-
-    return cv2.imread(str(require_asset("images/coral/grace_hopper.bmp")))
+@pytest.fixture
+def hopper(grace_hopper):
+    return cv2.imread(str(grace_hopper))
 
 
-@pytest.fixture(scope="module")
-def v1(request):
-    from conftest import require_asset
-
-    model = require_asset("models/ssd_mobilenet_v1_coco_quant_postprocess.tflite")
-    labels = require_asset("labels/coco_labels.txt")
-    return Detector.from_path(model, threads=2, labels=labels)
+@pytest.fixture
+def v1(v1_model, coco_labels):
+    return Detector.from_path(v1_model, threads=2, labels=coco_labels)
 
 
 def _by_label(dets, labels):

@@ -39,7 +39,7 @@ def _resolve(name_or_path: str) -> Path:
               help="per-layer sparsity: measured on calibration data, or the same for every layer")
 @click.option("--max-layer-sparsity", type=float, default=0.9, show_default=True,
               help="no layer is pruned beyond this")
-@click.option("--sequential/--no-sequential", default=True, show_default=True,
+@click.option("--sequential/--no-sequential", default=False, show_default=True,
               help="feed each layer's refit with the already-pruned model's activations")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="interpreter threads")
 @click.option("--eval", "do_eval", is_flag=True, help="also report COCO mAP before/after (--images, --annotations)")

@@ -56,7 +56,7 @@ class PruneOptions:
     num_calib: int = 64
     threads: Optional[int] = None
     max_layer_sparsity: float = 0.9  # cap per layer (guards heads of classes absent from calibration)
-    sequential: bool = True
+    sequential: bool = False  # True: refit each layer on the already-pruned model's activations
     damp: float = 0.01
     allocation: str = "sensitivity"  # or "uniform"
     holdout: float = 0.25  # share of calibration inputs kept aside to measure output error
@@ -129,6 +129,12 @@ class PruneReport:
                 "total_weights": self.total_weights, "sizes": self.sizes, "invoke_ms": self.invoke_ms,
                 "seconds": self.seconds, "n_calib": self.n_calib, "agreement": self.agreement,
                 "layers": [r.to_dict() for r in self.layers]}
+
+    def save_accuracy(self, map_value: float, annotations) -> None:
+        """Record a measured mAP of the pruned model in its sidecar."""
+        from ..sidecar import update_sidecar
+
+        update_sidecar(self.out, accuracy={"dataset": str(annotations), "mAP": float(map_value)})
 
     def format_table(self) -> str:
         lines = [f"{'layer':<52} {'kind':<9} {'weights':>8} {'before':>7} {'after':>7} {'rel.err':>8}"]

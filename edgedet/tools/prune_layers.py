@@ -1,7 +1,8 @@
 """Which layers of a ``.tflite`` can be pruned, and their weights as real numbers.
 
 A prunable layer is a ``CONV_2D``, ``DEPTHWISE_CONV_2D`` or ``FULLY_CONNECTED`` op with a constant
-weight tensor (float32, or int8/uint8 with per-tensor or per-channel quantization). Weights are
+weight tensor (float32, float16 behind a ``DEQUANTIZE`` op, or int8/uint8 with per-tensor or
+per-channel quantization). Weights are
 read as a real-valued ``[out_channels, fan_in]`` matrix (``fan_in`` = kernel h * w * in channels, in
 the file's ``[O, kh, kw, I]`` order) and written back into the layer's own scales and zero points,
 so the file keeps its size and layout: "pruned" means the stored value equals the zero point.
@@ -84,14 +85,26 @@ def find_layers(model, subgraph: int = 0) -> list[PrunableLayer]:
         for t in op.inputs if op.inputs is not None else []:
             if t >= 0:
                 consumers.setdefault(int(t), []).append(i)
+    producer = {int(t): i for i, op in enumerate(sg.operators) for t in (op.outputs if op.outputs is not None
+                                                                          else [])}
+
+    def constant(t: int) -> int:
+        """The constant behind ``t``, also through a DEQUANTIZE op (float16 weights)."""
+        p = producer.get(t)
+        if p is not None and opcode_name(model, sg.operators[p].opcodeIndex) == "DEQUANTIZE":
+            src = int(sg.operators[p].inputs[0])
+            if int(sg.tensors[src].type) == 1 and tensor_array(model, sg.tensors[src]) is not None:
+                return src
+        return t
+
     layers: list[PrunableLayer] = []
     for i, op in enumerate(sg.operators):
         name = opcode_name(model, op.opcodeIndex)
         if name not in PRUNABLE_OPS or op.inputs is None or len(op.inputs) < 2:
             continue
-        w_idx = int(op.inputs[1])
+        w_idx = constant(int(op.inputs[1]))
         wt = sg.tensors[w_idx]
-        if tensor_array(model, wt) is None or int(wt.type) not in (0, 3, 9):
+        if tensor_array(model, wt) is None or int(wt.type) not in (0, 1, 3, 9):
             continue  # weights computed at run time, or a storage type we do not edit
         shape = tuple(int(s) for s in wt.shape)
         if name == "DEPTHWISE_CONV_2D":
@@ -102,7 +115,7 @@ def find_layers(model, subgraph: int = 0) -> list[PrunableLayer]:
             kind = "pointwise"
         else:
             kind = "conv"
-        bias = int(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        bias = constant(int(op.inputs[2])) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         layers.append(PrunableLayer(
             op_index=i, name=tensor_name(sg.tensors[int(op.outputs[0])]), kind=kind, weight=w_idx,
             bias=bias, input=int(op.inputs[0]), output=int(op.outputs[0]), shape=shape,
@@ -128,7 +141,7 @@ def find_layers(model, subgraph: int = 0) -> list[PrunableLayer]:
 def weight_quant(model, layer: PrunableLayer, subgraph: int = 0) -> WeightQuant:
     t = model.subgraphs[subgraph].tensors[layer.weight]
     scale, zp, axis = _quant_of(t)
-    dtype = np.dtype({0: np.float32, 3: np.uint8, 9: np.int8}[int(t.type)])
+    dtype = np.dtype({0: np.float32, 1: np.float16, 3: np.uint8, 9: np.int8}[int(t.type)])
     if scale is None:
         return WeightQuant(dtype, None, None)
     expected_axis = 3 if layer.kind == "depthwise" else 0
@@ -187,9 +200,9 @@ def quantize_weights(model, layer: PrunableLayer, real: np.ndarray, mask: np.nda
     """
     wq = weight_quant(model, layer, subgraph)
     if not wq.quantized:
-        out = real.astype(np.float32)
+        out = real.astype(wq.dtype)
         if mask is not None:
-            out = np.where(mask, out, np.float32(0))
+            out = np.where(mask, out, 0).astype(wq.dtype)
         return out
     n = layer.out_channels
     scale = _per_channel(wq.scale, n)[:, None]
@@ -216,7 +229,7 @@ def bias_real(model, layer: PrunableLayer, subgraph: int = 0) -> np.ndarray:
         return np.zeros(layer.out_channels)
     scale, _, _ = _quant_of(t)
     arr = arr.astype(np.float64).reshape(-1)
-    if scale is None or int(t.type) == 0:
+    if scale is None or int(t.type) in (0, 1):
         return arr
     return arr * _per_channel(scale, layer.out_channels)
 
@@ -229,8 +242,8 @@ def write_bias(model, layer: PrunableLayer, real: np.ndarray, subgraph: int = 0)
     if tensor_array(model, t) is None:
         return False
     scale, _, _ = _quant_of(t)
-    if scale is None or int(t.type) == 0:
-        set_tensor_array(model, t, real.astype(np.float32))
+    if scale is None or int(t.type) in (0, 1):
+        set_tensor_array(model, t, real)
         return True
     q = np.rint(real / _per_channel(scale, layer.out_channels))
     info = np.iinfo(np.int32)

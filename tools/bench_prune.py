@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Benchmark ``edgedet prune`` on SSD MobileNet v1 quant: mAP, sizes, invoke time, run time.
+
+Calibration uses only the asset videos and photos (``videos/``, ``images/``), never the
+evaluation set; coco_tiny_val2017 is used only to report mAP. One run prints:
+
+- dense model: mAP, file size raw/gzip/zstd, invoke ms;
+- ``prune --sparsity 0.5`` (reconstruct, sensitivity allocation) from scratch: run time, achieved
+  pointwise sparsity, mAP, sizes, invoke ms before/after;
+- the sparsity -> mAP curve (30..70 %) of magnitude (uniform) and reconstruct (sensitivity), plus
+  reconstruct with uniform per-layer sparsity at 50 %.
+
+    python tools/bench_prune.py [--assets DIR] [--num-calib 32] [--threads 2] [--plot curve.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgedet.tflite_file import model_to_bytes, read_model  # noqa: E402
+from edgedet.tools.prune import (  # noqa: E402
+    PruneOptions,
+    file_sizes,
+    load_calibration,
+    prune,
+    prune_model,
+)
+from edgedet.tools.prune_eval import map_of  # noqa: E402
+
+
+def mb(n):
+    return "n/a" if n is None else f"{n / 1e6:.3f} MB"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--assets", default=os.environ.get("EDGEDET_ASSETS", str(ROOT.parent / "shared" / "assets")))
+    ap.add_argument("--num-calib", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--curve", default="0.3,0.4,0.5,0.6,0.7")
+    ap.add_argument("--sequential", action="store_true")
+    ap.add_argument("--plot", default=None, help="save the sparsity -> mAP curve PNG here")
+    ap.add_argument("--json", default=None, help="write all figures as JSON here")
+    args = ap.parse_args()
+    assets = Path(args.assets)
+    src = assets / "models" / "ssd_mobilenet_v1_coco_quant_postprocess.tflite"
+    images = assets / "datasets" / "coco_tiny_val2017" / "val2017"
+    ann = assets / "datasets" / "coco_tiny_val2017" / "annotations" / "instances_val2017.json"
+    calib = [str(assets / "videos"), str(assets / "images")]
+    out: dict = {"num_calib": args.num_calib, "threads": args.threads}
+    t_all = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    dense_map = map_of(src, images, ann, args.threads)
+    dense_sizes = file_sizes(src.read_bytes())
+    out["dense"] = {"mAP": dense_map, "sizes": dense_sizes}
+    print(f"dense: mAP {dense_map:.4f}; raw {mb(dense_sizes['raw'])}, gzip {mb(dense_sizes['gzip'])}, "
+          f"zstd {mb(dense_sizes['zstd'])}", flush=True)
+
+    opts = PruneOptions(sparsity=args.sparsity, method="reconstruct", calibration=calib, num_calib=args.num_calib,
+                        threads=args.threads, sequential=args.sequential, progress=log)
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "pruned.tflite"
+        rep = prune(src, dst, opts)
+        run_s = rep.seconds
+        m = map_of(dst, images, ann, args.threads)
+        point = sum(r.sparsity * r.size for r in rep.layers if r.kind == "pointwise") / max(
+            sum(r.size for r in rep.layers if r.kind == "pointwise"), 1)
+        out["prune"] = {**rep.to_dict(), "mAP": m, "pointwise_sparsity": point}
+        print(rep.format_table(), flush=True)
+        print(f"prune --sparsity {args.sparsity} (reconstruct, sensitivity allocation, {args.num_calib} "
+              f"calibration inputs): {run_s:.1f} s; pointwise weights zero {point:.1%}; mAP {dense_map:.4f} -> "
+              f"{m:.4f} ({(m - dense_map) * 100:+.2f} points)", flush=True)
+        print(f"sizes src: raw {mb(rep.sizes['src']['raw'])}, gzip {mb(rep.sizes['src']['gzip'])}, zstd "
+              f"{mb(rep.sizes['src']['zstd'])}; pruned: raw {mb(rep.sizes['out']['raw'])}, gzip "
+              f"{mb(rep.sizes['out']['gzip'])}, zstd {mb(rep.sizes['out']['zstd'])}", flush=True)
+        print(f"invoke ms (median, XNNPACK, {args.threads} threads): dense {rep.invoke_ms['src']:.2f}, "
+              f"pruned {rep.invoke_ms['out']:.2f}", flush=True)
+
+    # the curve: calibration read once, sensitivity measured once per method
+    base = read_model(src)
+    inputs = load_calibration(src, opts)
+    curve = [float(s) for s in args.curve.split(",")]
+    rows = []
+    plan = [("magnitude (uniform)", "magnitude", "uniform", curve),
+            ("reconstruct (sensitivity)", "reconstruct", "sensitivity", curve),
+            ("reconstruct (uniform)", "reconstruct", "uniform", [args.sparsity])]
+    for label, method, allocation, sparsities in plan:
+        cache: dict = {}
+        for s in sparsities:
+            o = copy.copy(opts)
+            o.method, o.allocation, o.sparsity = method, allocation, s
+            model = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            results, agree = prune_model(model, o, inputs=inputs if method == "reconstruct" or
+                                         allocation == "sensitivity" else None, curves=cache)
+            secs = time.perf_counter() - t0
+            data = model_to_bytes(model)
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "m.tflite"
+                p.write_bytes(data)
+                m = map_of(p, images, ann, args.threads)
+            achieved = sum(r.sparsity * r.size for r in results) / sum(r.size for r in results)
+            sizes = file_sizes(data)
+            rows.append({"method": label, "target": s, "sparsity": achieved, "mAP": m, "seconds": secs,
+                         "agreement": agree, "sizes": sizes})
+            print(f"curve {label:<26} target {s:.0%} zero {achieved:6.1%}  mAP {m:.4f} ({(m - dense_map) * 100:+.2f})"
+                  f"  gzip {mb(sizes['gzip'])} zstd {mb(sizes['zstd'])}  {secs:6.1f} s", flush=True)
+    out["curve"] = rows
+    if args.plot:
+        from edgedet.tools.prune_sensitivity import SensitivityReport, plot_curve
+
+        rep = SensitivityReport(metric="mAP", grid=(), dense=dense_map)
+        for r in rows:
+            rep.curve.setdefault(r["method"], []).append((r["target"], r["sparsity"], r["mAP"]))
+        rep.curve = {k: v for k, v in rep.curve.items() if len(v) > 1}
+        plot_curve(rep, args.plot)
+        print(f"curve plot: {args.plot}")
+    out["seconds"] = time.perf_counter() - t_all
+    print(f"bench total {out['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
