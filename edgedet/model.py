@@ -86,6 +86,21 @@ class PostprocessOptions:
                 changes[key] = kind(value)
         return replace(self, **changes)
 
+    def validate(self) -> PostprocessOptions:
+        """One-line ModelError for settings our decoder does not know."""
+        choices = {"box_order": ("yxhw", "xywh"), "size_transform": ("exp", "linear"),
+                   "score_activation": ("none", "sigmoid", "softmax")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ModelError(f"model postprocess.{key}: expected one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, key)!r}")
+        if self.num_classes < 1 or self.max_detections < 1 or not 0 < self.iou_threshold <= 1:
+            raise ModelError(f"model postprocess: invalid num_classes/max_detections/iou_threshold "
+                             f"({self.num_classes}, {self.max_detections}, {self.iou_threshold})")
+        if min(self.y_scale, self.x_scale, self.h_scale, self.w_scale) <= 0:
+            raise ModelError("model postprocess: box scales must be positive")
+        return self
+
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
@@ -286,7 +301,7 @@ def _load(path: Path, threads: Optional[int]):
     return load_interpreter(path, threads)
 
 
-def _load_bytes(data: bytes, threads: Optional[int], name: str):
+def load_interpreter_from_bytes(data: bytes, threads: Optional[int], name: str):
     """An interpreter from model bytes (via a private temporary file, removed at once)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tflite")
     try:
@@ -358,7 +373,7 @@ def _open_stripped(model_t, path: Path, threads: int, sidecar: dict) -> LoadedMo
     from .tools.strip import strip_in_memory
 
     stripped = strip_in_memory(model_t)
-    interp = _load_bytes(stripped.model_bytes, threads, path.stem)
+    interp = load_interpreter_from_bytes(stripped.model_bytes, threads, path.stem)
     options = PostprocessOptions.from_op(stripped.options, background=stripped.background)
     options = replace(options, score_activation=stripped.score_activation)
     lm = _finish_raw_model(interp, options, sidecar, path, anchors=stripped.anchors,
@@ -386,7 +401,6 @@ def _finish_op_model(interp, op_outputs: list[int], options: PostprocessOptions,
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"model does not run: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     roles = identify_op_outputs(details, values, op_outputs)
-    options = options.with_sidecar(sidecar.get("postprocess") or {})
     return LoadedModel(interp, spec, in_detail["index"], roles, options, form="op", decoder="op",
                        sidecar=sidecar, num_anchors=0)
 
@@ -412,8 +426,8 @@ def _finish_raw_model(interp, options: Optional[PostprocessOptions], sidecar: di
     if anchors.shape != (num_anchors, 4):
         raise ModelError(f"anchors have shape {list(anchors.shape)} but the model has {num_anchors} anchors")
     pp = dict(defaults)
-    pp.update(sidecar.get("postprocess") or {})
-    if options is None:
+    if options is None:  # a raw model: its sidecar says how to decode it (an op model's op says it)
+        pp.update(sidecar.get("postprocess") or {})
         num_classes = pp.get("num_classes")
         background = pp.get("background")
         if num_classes is None:
@@ -423,7 +437,10 @@ def _finish_raw_model(interp, options: Optional[PostprocessOptions], sidecar: di
             background = max(0, num_cols - int(num_classes))
         options = PostprocessOptions(num_classes=int(num_classes), background=int(background),
                                      use_regular_nms=True)
-    options = options.with_sidecar(pp)
+    try:
+        options = options.with_sidecar(pp).validate()
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model sidecar postprocess: {exc}") from exc
     if options.num_classes + options.background != num_cols:
         raise ModelError(f"class scores have {num_cols} columns but the model sidecar says "
                          f"{options.num_classes} classes + {options.background} background")

@@ -145,3 +145,14 @@ def test_labels_that_do_not_fit_are_a_clear_error(coco_labels):
         fit_labels(labels[:80], 90, source="labels")
     assert fit_labels(["background"] + labels, 90)[0] == "person"  # a leading background line is skipped
     assert fit_labels(["???"] + labels, 90, offset=1) == labels
+
+
+def test_bad_sidecar_postprocess_is_a_model_error(tmp_path, blazeface_model):
+    model = tmp_path / "face.tflite"
+    model.write_bytes(blazeface_model.read_bytes())
+    save_sidecar(model, {"postprocess": {"box_order": "xyxy"}})
+    with pytest.raises(ModelError, match="box_order"):
+        open_model(model, threads=1)
+    save_sidecar(model, {"postprocess": {"num_classes": 3}})
+    with pytest.raises(ModelError, match="1 columns"):
+        open_model(model, threads=1)

@@ -33,13 +33,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgedet.model import PostprocessOptions, _load_bytes, find_postprocess_op, read_op_options  # noqa: E402
+from edgedet.model import (  # noqa: E402
+    PostprocessOptions,
+    find_postprocess_op,
+    load_interpreter_from_bytes,
+    read_op_options,
+)
 from edgedet.postprocess.decode import DecodeSettings, SSDDecoder  # noqa: E402
 from edgedet.postprocess.nms import iou_matrix  # noqa: E402
 from edgedet.preprocess import InputSpec, Preprocessor, default_normalization  # noqa: E402
 from edgedet.runtime import load_interpreter  # noqa: E402
 from edgedet.tflite_file import read_model  # noqa: E402
-from edgedet.tools.strip import _drop_unused_opcodes, _drop_unused_tensors, strip_in_memory  # noqa: E402
+from edgedet.tools.strip import drop_unused_opcodes, drop_unused_tensors, strip_in_memory  # noqa: E402
 
 
 def assets_dir() -> Path:
@@ -67,9 +72,8 @@ def op_only_model(path: Path) -> bytes:
     sub.inputs = np.array(list(op.inputs)[:2], np.int32)
     sub.outputs = np.array(list(op.outputs), np.int32)
     model.signatureDefs = None
-    _drop_unused_tensors(model, si)
-    del model._edgedet_remap
-    _drop_unused_opcodes(model)
+    drop_unused_tensors(model, si)
+    drop_unused_opcodes(model)
     return model_to_bytes(model)
 
 
@@ -84,8 +88,8 @@ class Pair:
         op = model_t.subgraphs[si].operators[oi]
         self.op_options = read_op_options(op)
         stripped = strip_in_memory(model_t)
-        self.raw = _load_bytes(stripped.model_bytes, threads, path.stem)
-        self.op_only = _load_bytes(op_only_model(path), threads, path.stem + ".op")
+        self.raw = load_interpreter_from_bytes(stripped.model_bytes, threads, path.stem)
+        self.op_only = load_interpreter_from_bytes(op_only_model(path), threads, path.stem + ".op")
         ins = self.op_only.get_input_details()
         self.op_only_in = sorted(ins, key=lambda d: int(d["shape"][-1]) == 4)  # scores first, then boxes
         d = self.op.get_input_details()[0]

@@ -35,8 +35,9 @@ def _resolve(name_or_path: str) -> Path:
 @click.option("--skip", default=",".join(DEFAULT_SKIP), show_default=True,
               help="comma list of layers not to prune: depthwise, conv (kxk), pointwise, fc, first, "
                    "last (detection heads) or parts of layer names; '' prunes all")
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="sensitivity", show_default=True,
-              help="per-layer sparsity: measured on calibration data, or the same for every layer")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+              help="per-layer sparsity: from sensitivity measured on calibration data (default with "
+                   "--calibration), or the same for every layer (default without)")
 @click.option("--max-layer-sparsity", type=float, default=0.9, show_default=True,
               help="no layer is pruned beyond this")
 @click.option("--sequential/--no-sequential", default=False, show_default=True,

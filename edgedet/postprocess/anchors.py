@@ -79,11 +79,11 @@ def _grid(fm_h: int, fm_w: int, stride_y: float, stride_x: float, off_y: float, 
 
 
 def tf_od_grid_anchors(input_size: tuple[int, int] = (300, 300), *, num_layers: int = 6, min_scale: float = 0.2,
-                       max_scale: float = 0.95, aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5, 3.0, 1.0 / 3),
+                       max_scale: float = 0.95, aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5, 3.0, 0.3333),
                        interpolated_scale_aspect_ratio: float = 1.0, reduce_boxes_in_lowest_layer: bool = True,
                        base_anchor_size: Sequence[float] = (1.0, 1.0),
-                       feature_map_sizes: Optional[Sequence] = None, scales: Optional[Sequence[float]] = None,
-                       **_ignored) -> np.ndarray:
+                       feature_map_sizes: Optional[Sequence] = None,
+                       scales: Optional[Sequence[float]] = None) -> np.ndarray:
     """TF Object Detection API ``ssd_anchor_generator``. Defaults: SSD MobileNet v1/v2 COCO (1917 at 300)."""
     w, h = input_size
     if feature_map_sizes is None:
@@ -125,8 +125,7 @@ def _tf_feature_maps(h: int, w: int, num_layers: int) -> list[tuple[int, int]]:
 
 def tf_od_multiscale_anchors(input_size: tuple[int, int] = (320, 320), *, min_level: int = 3, max_level: int = 7,
                              anchor_scale: float = 4.0, aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5),
-                             scales_per_octave: int = 2, feature_map_sizes: Optional[Sequence] = None,
-                             **_ignored) -> np.ndarray:
+                             scales_per_octave: int = 2, feature_map_sizes: Optional[Sequence] = None) -> np.ndarray:
     """TF Object Detection API ``multiscale_anchor_generator`` (FPN; 12804 anchors at 320)."""
     w, h = input_size
     levels = list(range(min_level, max_level + 1))
@@ -153,7 +152,7 @@ def tf_od_multiscale_anchors(input_size: tuple[int, int] = (320, 320), *, min_le
 def torchvision_anchors(input_size: tuple[int, int] = (300, 300), *, aspect_ratios: Sequence[Sequence[float]],
                         feature_map_sizes: Sequence, min_ratio: float = 0.15, max_ratio: float = 0.9,
                         scales: Optional[Sequence[float]] = None, steps: Optional[Sequence[int]] = None,
-                        clip: bool = True, **_ignored) -> np.ndarray:
+                        clip: bool = True) -> np.ndarray:
     """torchvision ``DefaultBoxGenerator`` (SSD300/SSDlite), as normalized yxhw."""
     w, h = input_size
     n = len(aspect_ratios)
@@ -186,8 +185,7 @@ def mediapipe_anchors(input_size: tuple[int, int] = (128, 128), *, num_layers: i
                       max_scale: float = 0.75, strides: Sequence[int] = (8, 16, 16, 16),
                       aspect_ratios: Sequence[float] = (1.0,), anchor_offset_x: float = 0.5,
                       anchor_offset_y: float = 0.5, interpolated_scale_aspect_ratio: float = 1.0,
-                      reduce_boxes_in_lowest_layer: bool = False, fixed_anchor_size: bool = True,
-                      **_ignored) -> np.ndarray:
+                      reduce_boxes_in_lowest_layer: bool = False, fixed_anchor_size: bool = True) -> np.ndarray:
     """MediaPipe ``SsdAnchorsCalculator``. Defaults: BlazeFace short range (896 anchors at 128x128)."""
     w, h = input_size
     strides = list(strides)
@@ -247,14 +245,24 @@ BLAZEFACE_SHORT_RANGE = {
 
 
 def generate_anchors(spec: dict, input_size: tuple[int, int]) -> np.ndarray:
+    """Anchors from a sidecar ``anchors`` section with a ``generator`` (unknown parameters are an error)."""
+    import inspect
+
     spec = dict(spec)
     name = spec.pop("generator", None)
+    spec.pop("format", None)
     fn = GENERATORS.get(str(name))
     if fn is None:
         raise ModelError(f"unknown anchor generator {name!r} (expected one of {', '.join(GENERATORS)})")
+    size = tuple(spec.pop("input_size", input_size))
+    allowed = [p for p in inspect.signature(fn).parameters if p != "input_size"]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ModelError(f"anchor generator {name}: unknown parameter(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(allowed)})")
     try:
-        return fn(tuple(spec.pop("input_size", input_size)), **spec)
-    except TypeError as exc:
+        return fn(size, **spec)
+    except (TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"anchor generator {name}: {exc}") from exc
 
 

@@ -58,7 +58,7 @@ class PruneOptions:
     max_layer_sparsity: float = 0.9  # cap per layer (guards heads of classes absent from calibration)
     sequential: bool = False  # True: refit each layer on the already-pruned model's activations
     damp: float = 0.01
-    allocation: str = "sensitivity"  # or "uniform"
+    allocation: Optional[str] = None  # "sensitivity" | "uniform"; None: sensitivity when calibrated
     holdout: float = 0.25  # share of calibration inputs kept aside to measure output error
     normalization: Optional[Sequence[float]] = None  # input (mean, std); default from sidecar or 127.5
     progress: Optional[Callable[[str], None]] = None
@@ -75,6 +75,8 @@ class PruneOptions:
                               f"{self.max_layer_sparsity}")
         if self.method == "reconstruct" and not self.calibration:
             raise ConfigError("--method reconstruct needs --calibration DIR (images or videos)")
+        if self.allocation is None:
+            self.allocation = "sensitivity" if self.calibration else "uniform"
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}")
         if self.allocation == "sensitivity" and not self.calibration:
@@ -523,7 +525,7 @@ def prune_model(model, opts: PruneOptions, layers: list[pl.PrunableLayer] | None
     groups = levels(model, data_layers) if (opts.sequential and data_layers) else (
         [data_layers] if data_layers else [])
     for gi, group in enumerate(groups):
-        _say(opts, f"pruning {gi + 1}/{len(groups)}: " + ", ".join(x.name for x in group))
+        _say(opts, f"pruning {gi + 1}/{len(groups)}: {len(group)} layer(s), from {group[0].name}")
         current = None
         if changed and opts.sequential:
             with _ModelFile(model) as path:

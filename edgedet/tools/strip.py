@@ -73,6 +73,10 @@ def strip_in_memory(model) -> Stripped:
         raise ModelError(f"the {POSTPROCESS_OP} op says {num_classes} classes for {cols} score columns")
     # is the class input already a probability (after LOGISTIC / SOFTMAX)?
     producer = next((o for o in sub.operators if inputs[1] in list(o.outputs)), None)
+    # look through type casts (an int8 body ends LOGISTIC -> DEQUANTIZE before the float op)
+    while producer is not None and opcode_name(model, producer.opcodeIndex) in ("DEQUANTIZE", "QUANTIZE", "CAST"):
+        src = int(producer.inputs[0])
+        producer = next((o for o in sub.operators if src in list(o.outputs)), None)
     activation = "none"
     if producer is not None and opcode_name(model, producer.opcodeIndex) not in ("LOGISTIC", "SOFTMAX"):
         # quantized outputs in [0, 1] are probabilities too; float outputs of anything else are logits
@@ -81,14 +85,16 @@ def strip_in_memory(model) -> Stripped:
             activation = "sigmoid"
     sub.operators.pop(oi)
     sub.outputs = np.array(inputs[:2], dtype=np.int32)
-    _drop_unused_tensors(model, si)
-    _drop_unused_opcodes(model)
+    remap = drop_unused_tensors(model, si)
+    drop_unused_opcodes(model)
     boxes_name, scores_name = tensor_name(boxes_t), tensor_name(scores_t)
-    _fix_signatures(model, si, boxes_name, scores_name)
+    _fix_signatures(model, si, remap)
     return Stripped(model, anchors, options, cols - num_classes, boxes_name, scores_name, activation)
 
 
-def _drop_unused_tensors(model, si: int) -> None:
+def drop_unused_tensors(model, si: int) -> dict[int, int]:
+    """Remove the tensors of subgraph ``si`` that nothing uses (their buffers emptied); returns the
+    old -> new tensor index map."""
     sub = model.subgraphs[si]
     used: set[int] = set(int(i) for i in sub.inputs) | set(int(i) for i in sub.outputs)
     for o in sub.operators:
@@ -120,11 +126,11 @@ def _drop_unused_tensors(model, si: int) -> None:
             if hasattr(model.buffers[b], "offset"):
                 model.buffers[b].offset = 0
                 model.buffers[b].size = 0
-    model._edgedet_remap = getattr(model, "_edgedet_remap", {})
-    model._edgedet_remap[si] = remap
+    return remap
 
 
-def _drop_unused_opcodes(model) -> None:
+def drop_unused_opcodes(model) -> None:
+    """Remove operator codes no operator uses (renumbering the operators' opcode indices)."""
     used = {int(o.opcodeIndex) for s in model.subgraphs for o in s.operators}
     remap = {}
     codes = []
@@ -138,9 +144,8 @@ def _drop_unused_opcodes(model) -> None:
             o.opcodeIndex = remap[int(o.opcodeIndex)]
 
 
-def _fix_signatures(model, si: int, boxes_name: str, scores_name: str) -> None:
-    remap = model._edgedet_remap.get(si, {})
-    del model._edgedet_remap
+def _fix_signatures(model, si: int, remap: dict[int, int]) -> None:
+    """Signature inputs follow the renumbered tensors; outputs become the two raw outputs."""
     sub = model.subgraphs[si]
     for sig in model.signatureDefs or []:
         if int(sig.subgraphIndex or 0) != si:

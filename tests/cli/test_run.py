@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="session")
 def run_env(tmp_path_factory):
     """Environment where the default registry model is pulled from the assets into a private cache."""
-    from conftest import require_asset
+    from assets import require_asset
 
     models = require_asset("models/ssd_mobilenet_v1_coco_quant_postprocess.tflite").parent
     env = dict(os.environ, EDGEDET_MODEL_MIRROR=str(models), EDGEDET_CACHE=str(tmp_path_factory.mktemp("cache")))

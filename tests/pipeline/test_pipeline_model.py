@@ -25,7 +25,7 @@ class Collect(BaseSink):
 
 @pytest.fixture(scope="module")
 def detector(request):
-    from conftest import require_asset
+    from assets import require_asset
 
     model = require_asset("models/ssd_mobilenet_v1_coco_quant_postprocess.tflite")
     labels = require_asset("labels/coco_labels.txt")

@@ -75,3 +75,10 @@ def test_anchor_files_and_formats(tmp_path):
         load_anchor_file(f)
     with pytest.raises(ModelError, match="unknown anchor generator"):
         generate_anchors({"generator": "yolo"}, (300, 300))
+
+
+def test_unknown_generator_parameters_are_an_error():
+    with pytest.raises(ModelError, match="unknown parameter.*min_scal"):
+        generate_anchors({"generator": "tf_od_grid", "min_scal": 0.1}, (300, 300))
+    a = generate_anchors({"generator": "tf_od_grid", "num_layers": 6, "min_scale": 0.2}, (300, 300))
+    assert a.shape == (1917, 4)

@@ -104,7 +104,7 @@ def test_importing_edgedet_does_not_import_tensorflow():
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory):
     pytest.importorskip("tensorflow")
-    from conftest import require_asset
+    from assets import require_asset
 
     from edgedet.tools.build_ssdlite import build_ssdlite
 

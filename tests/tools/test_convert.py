@@ -20,7 +20,7 @@ from edgedet.sidecar import load_sidecar
 
 @pytest.fixture(scope="module")
 def calib_dir(tmp_path_factory):
-    from conftest import require_asset
+    from assets import require_asset
 
     from edgedet.tools.calibration import build_calibration_set
 

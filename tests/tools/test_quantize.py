@@ -22,7 +22,7 @@ from edgedet.tools.quantize import (
 
 @pytest.fixture(scope="module")
 def calib_images(tmp_path_factory):
-    from conftest import require_asset
+    from assets import require_asset
 
     from edgedet.tools.calibration import build_calibration_set
 
@@ -34,7 +34,7 @@ def calib_images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_model(calib_images, tmp_path_factory):
-    from conftest import require_asset
+    from assets import require_asset
 
     src = require_asset("models/ssd_mobilenet_v2_fpnlite_320_coco_fp.tflite")
     out = tmp_path_factory.mktemp("q") / "fpnlite_int8.tflite"
