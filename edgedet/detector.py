@@ -237,4 +237,9 @@ def _labels(labels, loaded: LoadedModel, path: Path) -> list[str]:
         known = recognise(loaded.input_spec.size, loaded.num_anchors, 16, 1)
         if known is not None:
             return list(known["labels"])
+    from .registry import registry_labels_for_file
+
+    known_file = registry_labels_for_file(path)
+    if known_file is not None:  # a registry model used by path, without its sidecar
+        return fit_labels(read_label_file(known_file), n, source=f"label file {known_file}")
     return generic_labels(n)

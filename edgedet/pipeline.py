@@ -25,13 +25,10 @@ An exception in any stage stops every stage and is re-raised by ``run``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -468,44 +465,11 @@ def build_detector(cfg: Config):
         raise ModelError(f"model file not found: {path}")
     from .detector import Detector
 
-    with _native_stderr_filtered(_RUNTIME_CHATTER):
-        return Detector.from_path(
-            path, threads=mc.threads, labels=mc.labels, score_threshold=mc.score_threshold,
-            iou_threshold=mc.iou_threshold, max_detections=mc.max_detections,
-            class_agnostic=mc.class_agnostic, postprocess=mc.postprocess, resize=mc.resize, classes=mc.classes,
-        )
-
-
-_RUNTIME_CHATTER = ("INFO: Created TensorFlow Lite XNNPACK delegate", "INFO: Initialized TensorFlow Lite runtime")
-
-
-@contextlib.contextmanager
-def _native_stderr_filtered(drop_prefixes: tuple[str, ...]):
-    """Hide the TFLite runtime's start-up notices (printed by C++ straight to fd 2) while a model loads.
-
-    Everything else written to stderr meanwhile is passed on. Only used before the stage threads start.
-    """
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (tests capturing stderr)
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not line.startswith(drop_prefixes)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+    return Detector.from_path(
+        path, threads=mc.threads, labels=mc.labels, score_threshold=mc.score_threshold,
+        iou_threshold=mc.iou_threshold, max_detections=mc.max_detections,
+        class_agnostic=mc.class_agnostic, postprocess=mc.postprocess, resize=mc.resize, classes=mc.classes,
+    )
 
 
 def run_from_config(cfg: Config, *, stats_stream: Optional[IO[str]] = None) -> dict:

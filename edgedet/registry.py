@@ -309,3 +309,16 @@ def write_entry_sidecar(entry: ModelEntry, model_path: Path, digest: str) -> Pat
     if entry.labels:
         data["labels"] = str(labels_path(entry.labels))
     return save_sidecar(model_path, data)
+
+
+def registry_labels_for_file(model_path: str | os.PathLike) -> Optional[Path]:
+    """The registry's label file for a model file with a registry checksum (None if unknown)."""
+    try:
+        entries, _ = load_registry()
+        by_sha = {e.sha256: e for e in entries.values() if e.sha256 and e.labels}
+        if not by_sha:
+            return None
+        entry = by_sha.get(sha256_of(Path(model_path)))
+        return labels_path(entry.labels) if entry is not None else None
+    except (AssetError, OSError):
+        return None

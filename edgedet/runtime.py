@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 from .errors import ModelError
+
+_RUNTIME_CHATTER = ("INFO: Created TensorFlow Lite XNNPACK delegate", "INFO: Initialized TensorFlow Lite runtime")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(drop_prefixes: tuple[str, ...] = _RUNTIME_CHATTER):
+    """Hide the TFLite runtime's start-up notices (printed by C++ straight to fd 2) while a model loads.
+
+    Everything else written to stderr meanwhile is passed on. Used around interpreter creation, so
+    one-line errors and piped output stay clean.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capturing stderr)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(drop_prefixes)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def interpreter_class():
@@ -68,8 +103,9 @@ def load_interpreter(path: str | os.PathLike, threads: int | None = None, *, pre
     if preserve_all_tensors:
         kwargs["experimental_preserve_all_tensors"] = True
     try:
-        interp = Interpreter(**kwargs)
-        interp.allocate_tensors()
+        with native_stderr_filtered():
+            interp = Interpreter(**kwargs)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {path}: {msg}") from exc

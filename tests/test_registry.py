@@ -85,3 +85,15 @@ def test_paths_and_unknown_names(cache, v1_model, tmp_path):
         resolve_model("nope")
     with pytest.raises(AssetError, match="convert"):
         resolve_model("ssdlite_mobilenet_v2_coco")
+
+
+def test_registry_model_used_by_path_gets_its_labels(v1_model, grace_hopper):
+    """The default model's file, given by path with no sidecar, still speaks COCO names."""
+    import cv2
+
+    from edgedet.detector import Detector
+
+    det = Detector.from_path(v1_model, threads=1)
+    assert det.labels[0] == "person"
+    found = det.detect(cv2.imread(str(grace_hopper)))
+    assert "person" in {det.labels[c] for c in found.class_ids}

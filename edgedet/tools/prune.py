@@ -9,8 +9,13 @@ unchanged. Two methods:
   (interpreter with all tensors preserved) to collect each layer's input; with ``H = X^T X`` the
   weights with least ``w^2/[H^-1]_jj`` saliency go, and the remaining weights and the bias are
   re-fitted through the inverse Hessian and re-quantized into the layer's own scale and zero point
-  (see ``prune_recon``). Layers are done in graph order, each one fed by the already-pruned model
-  and fitted to reproduce the dense model's output, so errors do not pile up.
+  (see ``prune_recon``). With ``sequential=True`` layers are done in graph order, each fed by the
+  already-pruned model and refitted to reproduce the dense model's output.
+
+Per-layer sparsity (``allocation="sensitivity"``, the default with calibration data): each layer
+is pruned alone to a grid of sparsities and the detection heads' output error is measured on
+held-out calibration inputs; the budget then goes to the layers where it costs least
+(``prune_alloc``), never above ``max_layer_sparsity``.
 
 ``prune(src, out, PruneOptions(...)) -> PruneReport``; see ``edgedet prune --help``.
 """
@@ -141,7 +146,7 @@ class PruneReport:
     def format_table(self) -> str:
         lines = [f"{'layer':<52} {'kind':<9} {'weights':>8} {'before':>7} {'after':>7} {'rel.err':>8}"]
         for r in self.layers:
-            err = "" if r.rel_error is None else f"{r.rel_error:8.4f}"
+            err = "" if r.rel_error is None else f"{r.rel_error:8.1e}"
             lines.append(f"{r.name[-52:]:<52} {r.kind:<9} {r.size:>8} {r.sparsity_before:7.1%} "
                          f"{r.sparsity:7.1%} {err:>8}")
         lines.append(f"overall: {self.pruned_weights}/{self.total_weights} weights zero "
@@ -155,7 +160,7 @@ class PruneReport:
         if self.invoke_ms:
             lines.append("invoke ms (median): " + ", ".join(f"{k} {v:.2f}" for k, v in self.invoke_ms.items()))
         if self.agreement is not None:
-            lines.append(f"head output error vs dense on calibration data: {self.agreement:.4f}")
+            lines.append(f"head output error vs dense on held-out calibration inputs: {self.agreement:.2e}")
         return "\n".join(lines)
 
 

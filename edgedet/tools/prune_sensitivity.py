@@ -49,16 +49,17 @@ class SensitivityReport:
         drop = self.metric == "mAP"
         head = "mAP drop (points)" if drop else "head output error (held-out calibration)"
         lines = [f"per-layer sensitivity, layer pruned alone: {head}",
-                 f"{'layer':<52} {'kind':<9} {'weights':>8} " + " ".join(f"{s:>7.0%}" for s in self.grid)]
+                 f"{'layer':<52} {'kind':<9} {'weights':>8} " + " ".join(f"{s:>8.0%}" for s in self.grid)]
         for row in self.layers:
             vals = [((self.dense - v) * 100 if drop else v) for _, v in row["values"]]
             lines.append(f"{row['name'][-52:]:<52} {row['kind']:<9} {row['size']:>8} "
-                         + " ".join(f"{v:7.2f}" if drop else f"{v:7.4f}" for v in vals))
+                         + " ".join(f"{v:8.2f}" if drop else f"{v:8.1e}" for v in vals))
         if self.curve:
             lines.append(f"sparsity curve ({'mAP' if drop else 'head error'}"
                          + (f"; dense {self.dense:.4f}" if self.dense is not None else "") + ")")
             for method, pts in self.curve.items():
-                lines.append(f"  {method:<28} " + "  ".join(f"{a:.0%}: {v:.4f}" for _, a, v in pts))
+                lines.append(f"  {method:<28} " + "  ".join(f"{a:.0%}: {v:.4f}" if drop else f"{a:.0%}: {v:.2e}"
+                                                            for _, a, v in pts))
         return "\n".join(lines)
 
 
