@@ -1,0 +1,99 @@
+"""How far a quantized model's raw head outputs are from its float source (label-free).
+
+The detector's accuracy is decided by two tensors: the box encodings and the class logits that
+the postprocess op (or our decoder) reads. ``head_snr`` runs both models on the same inputs
+(held-out calibration images) and returns the signal-to-noise ratio, in dB, of the quantized
+model's values against the float model's, pooled over every image:
+``10 log10(sum(f^2) / sum((f - q)^2))``. Unlike detection agreement on a few frames, it uses every
+value of every anchor and is not quantized by score thresholds, so small differences between
+quantization recipes are measurable.
+
+Tensors are matched by name (the quantizer keeps the float model's names for the int8 tensors);
+int8 values are dequantized with their own scale and zero point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .. import tflite_file as tfl
+
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+
+
+def head_tensor_names(model) -> dict:
+    """``{"boxes": name, "logits": name}`` of the float ``model``'s head: the postprocess op's two
+    first inputs, looking through a LOGISTIC in front of the scores (logits are compared, not
+    probabilities: a sigmoid hides errors on confident negatives)."""
+    sg = model.subgraphs[0]
+    producer = {}
+    for op in sg.operators:
+        for o in op.outputs:
+            producer[int(o)] = op
+    roots = None
+    for op in sg.operators:
+        if tfl.opcode_name(model, op.opcodeIndex) == POSTPROCESS_OP:
+            roots = [int(op.inputs[0]), int(op.inputs[1])]
+    if roots is None:
+        outs = [int(i) for i in sg.outputs]
+        roots = sorted(outs, key=lambda t: int(sg.tensors[t].shape[-1]) != 4)[:2]
+    box, score = roots
+    p = producer.get(score)
+    if p is not None and tfl.opcode_name(model, p.opcodeIndex) in ("LOGISTIC",):
+        score = int(p.inputs[0])
+    return {"boxes": tfl.tensor_name(sg.tensors[box]), "logits": tfl.tensor_name(sg.tensors[score])}
+
+
+@dataclass
+class _Acc:
+    signal: float = 0.0
+    noise: float = 0.0
+
+    def add(self, f: np.ndarray, q: np.ndarray) -> None:
+        f = f.astype(np.float64)
+        self.signal += float(np.sum(f * f))
+        self.noise += float(np.sum((f - q) ** 2))
+
+    @property
+    def db(self) -> float:
+        return float(10 * np.log10(self.signal / max(self.noise, 1e-30)))
+
+
+def _value(interp, detail) -> np.ndarray:
+    v = interp.get_tensor(detail["index"])
+    if v.dtype in (np.int8, np.uint8, np.int16, np.int32):
+        scale, zp = detail["quantization"]
+        if scale:
+            return (v.astype(np.float64) - zp) * scale
+    return v.astype(np.float64)
+
+
+def head_snr(float_path, quant_path, inputs: Sequence[np.ndarray], *, extra: Sequence[str] = (),
+             threads: Optional[int] = None) -> dict:
+    """SNR (dB) of ``quant_path``'s box encodings and class logits against ``float_path``'s over
+    ``inputs`` (preprocessed float model inputs ``[1, H, W, 3]``), plus any ``extra`` tensor names.
+    ``"mean"`` is the mean of the box and logit SNRs."""
+    from ..runtime import load_interpreter
+
+    names = head_tensor_names(tfl.read_model(float_path))
+    wanted = {**names, **{n: n for n in extra}}
+    fi = load_interpreter(float_path, threads, preserve_all_tensors=True)
+    qi = load_interpreter(quant_path, threads, preserve_all_tensors=True)
+    fd = {d["name"]: d for d in fi.get_tensor_details()}
+    qd = {d["name"]: d for d in qi.get_tensor_details()}
+    acc = {k: _Acc() for k, n in wanted.items() if n in fd and n in qd}
+    fin, qin = fi.get_input_details()[0]["index"], qi.get_input_details()[0]["index"]
+    for x in inputs:
+        fi.set_tensor(fin, x)
+        qi.set_tensor(qin, x)
+        fi.invoke()
+        qi.invoke()
+        for k in acc:
+            acc[k].add(_value(fi, fd[wanted[k]]), _value(qi, qd[wanted[k]]))
+    out = {k: round(a.db, 3) for k, a in acc.items()}
+    if "boxes" in out and "logits" in out:
+        out["mean"] = round((out["boxes"] + out["logits"]) / 2, 3)
+    return out
