@@ -626,8 +626,11 @@ def _write_sidecar(src: Path, out: Path, opts: PruneOptions, report: PruneReport
     anchors = data.get("anchors")
     if isinstance(anchors, dict) and isinstance(anchors.get("file"), str):
         data["anchors"] = {**anchors, "file": str(resolve_relative(src, anchors["file"]).resolve())}
-    data.pop("accuracy", None)
-    data.pop("speed", None)
+    for key in ("accuracy", "speed", "published"):  # measured on the dense model: no longer true
+        data.pop(key, None)
+    if data.get("name"):
+        data["name"] = f"{data['name']}-pruned{round(opts.sparsity * 100)}"
+    data["source"] = {"path": str(src.resolve())}  # the parent model (its checksum is not ours)
     history = list(data.get("history") or [])
     history.append({
         "tool": "prune", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from": src.name,

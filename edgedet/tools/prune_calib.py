@@ -55,11 +55,12 @@ def _video_frames(path: Path, n: int) -> list[np.ndarray]:
         wanted = set(np.linspace(0, total - 1, min(n, total)).round().astype(int).tolist())
         i = 0
         while len(frames) < len(wanted):
-            ok, frame = cap.read()
-            if not ok:
+            if not cap.grab():  # decode only; convert just the frames we keep
                 break
             if i in wanted:
-                frames.append(frame)
+                ok, frame = cap.retrieve()
+                if ok:
+                    frames.append(frame)
             i += 1
     finally:
         cap.release()

@@ -297,24 +297,32 @@ def load_inputs(images: Sequence, preprocessor) -> list[np.ndarray]:
 # ranges
 
 
-MSE_PERCENTILES = (100.0, 99.999, 99.99, 99.9, 99.5)
+MSE_TAILS = (0.0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def _int8_mse(pool: np.ndarray, a: float, b: float) -> float:
+    a, b = min(a, 0.0), max(b, 0.0)
+    scale = (b - a) / 255.0
+    if scale <= 0:
+        return np.inf
+    rec = np.clip(np.round((pool - a) / scale), 0, 255) * scale + a
+    return float(np.mean((pool - rec) ** 2))
 
 
 def _mse_range(pool: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
-    """The clipping range (from ``MSE_PERCENTILES``) with the least int8 round-trip error on ``pool``."""
-    best, best_err = (lo, hi), np.inf
-    for q in MSE_PERCENTILES:
-        a = float(np.percentile(pool, 100.0 - q)) if lo < 0 and q < 100 else lo
-        b = float(np.percentile(pool, q)) if hi > 0 and q < 100 else hi
-        a, b = min(a, 0.0), max(b, 0.0)
-        scale = (b - a) / 255.0
-        if scale <= 0:
-            continue
-        rec = np.clip(np.round((pool - a) / scale), 0, 255) * scale + a
-        err = float(np.mean((pool - rec) ** 2))
-        if err < best_err:
-            best, best_err = (a, b), err
-    return best
+    """The clipping range with the least int8 round-trip error on ``pool``: each end chosen among
+    the pooled quantiles that cut off a fraction ``MSE_TAILS`` of the values (coordinate search,
+    the low end then the high end then the low end again)."""
+    if pool.size > 1 << 18:
+        pool = pool[np.random.default_rng(0).integers(0, pool.size, 1 << 18)]
+    pool = np.sort(pool)
+    lows = [lo] + [float(pool[int(t * (pool.size - 1))]) for t in MSE_TAILS[1:]] if lo < 0 else [lo]
+    highs = [hi] + [float(pool[int((1.0 - t) * (pool.size - 1))]) for t in MSE_TAILS[1:]] if hi > 0 else [hi]
+    a, b = lo, hi
+    for _ in range(2):
+        a = min(lows, key=lambda c: _int8_mse(pool, c, b))
+        b = min(highs, key=lambda c: _int8_mse(pool, a, c))
+    return min(a, 0.0), max(b, 0.0)
 
 
 def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *,
@@ -498,13 +506,29 @@ def census_of(path) -> dict:
     return int8_census(tfl.read_model(path))
 
 
+BIAS_CORRECTIONS = ("none", "weights", "empirical", "both")
+HEAD_RANGES = ("minmax", "same")
+
+
 def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = 99.99,
-                  threads: Optional[int] = None) -> QuantizeResult:
-    """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring)."""
+                  threads: Optional[int] = None, head_ranges: str = "minmax",
+                  bias_correction: str = "weights", bias_images: int = 64) -> QuantizeResult:
+    """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
+
+    ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
+    body's rule (``percentile``). ``bias_correction`` (``edgedet.tools.quantize_bias``): "weights"
+    removes the mean shift of int8 weight rounding, "empirical" moves the linear convs' output means
+    onto the float model's, "both" does one then the other; measured on up to ``bias_images`` of
+    the calibration images.
+    """
     import tempfile
 
     if not calibration_images:
         raise ConfigError("int8 quantization needs calibration images")
+    if head_ranges not in HEAD_RANGES:
+        raise ConfigError(f"head ranges must be one of {', '.join(HEAD_RANGES)}, not {head_ranges!r}")
+    if bias_correction not in BIAS_CORRECTIONS:
+        raise ConfigError(f"bias correction must be one of {', '.join(BIAS_CORRECTIONS)}, not {bias_correction!r}")
     aeq = _require_aeq()
     t0 = time.perf_counter()
     model = tfl.read_model(src)
@@ -526,8 +550,8 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         in_name = in_name.decode() if isinstance(in_name, bytes) else str(in_name)
         inputs = load_inputs(calibration_images, preprocessor)
         template = _aeq_qsv_template(aeq, float_bytes, inputs[0], in_name, signature)
-        ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile, exact=head,
-                                threads=threads)
+        ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile,
+                                exact=head if head_ranges == "minmax" else frozenset(), threads=threads)
         qsvs = {}
         for name, qsv in template.items():
             if name in ranges and "min" in qsv:
@@ -545,7 +569,19 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         qpath = Path(tmp) / "q.tflite"
         qpath.write_bytes(qbytes)
         qmodel = tfl.read_model(qpath)  # resolves offset buffers
-    repaired = repair_dead_channels(qmodel, model)
+        repaired = repair_dead_channels(qmodel, model)
+        corrected = 0
+        if bias_correction != "none":
+            from . import quantize_bias
+
+            step = max(1, len(inputs) // max(1, bias_images))
+            subset = inputs[::step][:bias_images]
+            work = Path(tmp) / "bias.tflite"
+            if bias_correction in ("weights", "both"):
+                corrected += quantize_bias.weight_error_correction(qmodel, model, subset, work, threads=threads)
+            if bias_correction in ("empirical", "both"):
+                corrected += quantize_bias.empirical_correction(qmodel, model, float_path, subset, work,
+                                                                threads=threads)
     _restore_io_names(qmodel, model)
     census = int8_census(qmodel)
     hints = {}
@@ -557,7 +593,9 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     recipe = {"mode": "int8", "tool": "ai-edge-quantizer", "weights": "int8 symmetric per-channel",
               "activations": "int8 asymmetric per-tensor", "io": "float32",
               "ranges": "global over the calibration set", "percentile": percentile,
-              "head_ranges": "min/max", "postprocess": "float" if prepared["had_postprocess"] else "none"}
+              "head_ranges": "min/max" if head_ranges == "minmax" else "as the body",
+              "bias_correction": bias_correction, "bias_corrected_layers": corrected,
+              "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version
 

@@ -41,10 +41,12 @@ def head_tensor_names(model) -> dict:
         outs = [int(i) for i in sg.outputs]
         roots = sorted(outs, key=lambda t: int(sg.tensors[t].shape[-1]) != 4)[:2]
     box, score = roots
+    logits = score
     p = producer.get(score)
     if p is not None and tfl.opcode_name(model, p.opcodeIndex) in ("LOGISTIC",):
-        score = int(p.inputs[0])
-    return {"boxes": tfl.tensor_name(sg.tensors[box]), "logits": tfl.tensor_name(sg.tensors[score])}
+        logits = int(p.inputs[0])
+    return {"boxes": tfl.tensor_name(sg.tensors[box]), "logits": tfl.tensor_name(sg.tensors[logits]),
+            "scores": tfl.tensor_name(sg.tensors[score])}
 
 
 @dataclass
@@ -52,10 +54,11 @@ class _Acc:
     signal: float = 0.0
     noise: float = 0.0
 
-    def add(self, f: np.ndarray, q: np.ndarray) -> None:
+    def add(self, f: np.ndarray, q: np.ndarray, weight: Optional[np.ndarray] = None) -> None:
         f = f.astype(np.float64)
-        self.signal += float(np.sum(f * f))
-        self.noise += float(np.sum((f - q) ** 2))
+        w = 1.0 if weight is None else weight
+        self.signal += float(np.sum(w * f * f))
+        self.noise += float(np.sum(w * (f - q) ** 2))
 
     @property
     def db(self) -> float:
@@ -75,25 +78,40 @@ def head_snr(float_path, quant_path, inputs: Sequence[np.ndarray], *, extra: Seq
              threads: Optional[int] = None) -> dict:
     """SNR (dB) of ``quant_path``'s box encodings and class logits against ``float_path``'s over
     ``inputs`` (preprocessed float model inputs ``[1, H, W, 3]``), plus any ``extra`` tensor names.
-    ``"mean"`` is the mean of the box and logit SNRs."""
+    ``"scores"`` compares what the postprocess reads (probabilities when the model ends in a
+    sigmoid); ``"boxes_w"`` weighs each anchor's box error by the float model's best class score
+    (errors on background anchors never reach a detection). ``"mean"`` is the mean of
+    ``boxes_w`` and ``scores``: the selector used to choose between quantization recipes."""
     from ..runtime import load_interpreter
 
     names = head_tensor_names(tfl.read_model(float_path))
     wanted = {**names, **{n: n for n in extra}}
+    if names["scores"] == names["logits"]:
+        wanted.pop("scores")
     fi = load_interpreter(float_path, threads, preserve_all_tensors=True)
     qi = load_interpreter(quant_path, threads, preserve_all_tensors=True)
     fd = {d["name"]: d for d in fi.get_tensor_details()}
     qd = {d["name"]: d for d in qi.get_tensor_details()}
     acc = {k: _Acc() for k, n in wanted.items() if n in fd and n in qd}
+    if "boxes" in acc:
+        acc["boxes_w"] = _Acc()
     fin, qin = fi.get_input_details()[0]["index"], qi.get_input_details()[0]["index"]
     for x in inputs:
         fi.set_tensor(fin, x)
         qi.set_tensor(qin, x)
         fi.invoke()
         qi.invoke()
-        for k in acc:
-            acc[k].add(_value(fi, fd[wanted[k]]), _value(qi, qd[wanted[k]]))
+        values = {k: (_value(fi, fd[wanted[k]]), _value(qi, qd[wanted[k]])) for k in acc if k in wanted}
+        for k, (f, q) in values.items():
+            acc[k].add(f, q)
+        if "boxes_w" in acc:
+            s = values["scores"][0] if "scores" in values else 1 / (1 + np.exp(-values["logits"][0]))
+            s = s.reshape(-1, s.shape[-1])
+            conf = (s[:, 1:] if s.shape[-1] > 1 else s).max(-1)  # column 0: background when present
+            f, q = values["boxes"]
+            acc["boxes_w"].add(f.reshape(conf.size, -1), q.reshape(conf.size, -1), conf[:, None])
     out = {k: round(a.db, 3) for k, a in acc.items()}
-    if "boxes" in out and "logits" in out:
-        out["mean"] = round((out["boxes"] + out["logits"]) / 2, 3)
+    score_key = "scores" if "scores" in out else "logits"
+    if "boxes_w" in out and score_key in out:
+        out["mean"] = round((out["boxes_w"] + out[score_key]) / 2, 3)
     return out
