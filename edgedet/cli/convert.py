@@ -34,9 +34,9 @@ from ..tools.convert import POSTPROCESS_MODES, QUANTIZE_MODES
               help="build a new model instead of converting SRC (needs TensorFlow)")
 @click.option("--backbone", default="mobilenet_v2", show_default=True, help="--build: backbone")
 @click.option("--width", type=float, default=1.0, show_default=True, help="--build: width multiplier")
-@click.option("--input-size", type=click.IntRange(32, 2048), default=320, show_default=True,
+@click.option("--input", "--input-size", "input_size", type=click.IntRange(32, 2048), default=320, show_default=True,
               help="--build: input size")
-@click.option("--num-classes", type=click.IntRange(1), default=90, show_default=True,
+@click.option("--classes", "--num-classes", "num_classes", type=click.IntRange(1), default=90, show_default=True,
               help="--build: classes")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def command(src, out, quantize, calibration, num_calib, percentile, postprocess, threads, do_eval, images,

@@ -323,12 +323,13 @@ def build(out, *, backbone: str = "mobilenet_v2", width: float = 1.0, input_size
     t0 = time.perf_counter()
     out = Path(out)
     calib_set = None
-    if quantize == "int8":
-        if calibration is None:
-            raise ConfigError("--quantize int8 needs --calibration DIR")
+    if quantize == "int8" and calibration is not None:
         from .calibration import load_calibration_set
 
         calib_set = load_calibration_set(calibration, limit=num_calib)
+    elif quantize == "int8" and log:
+        # an untrained model has no scenes of its own: a seeded synthetic set is documented and enough
+        log("no --calibration: quantizing the untrained model with a seeded synthetic calibration set")
     try:
         from .build_ssdlite import build_ssdlite
     except ImportError as exc:

@@ -507,19 +507,35 @@ def census_of(path) -> dict:
 
 
 BIAS_CORRECTIONS = ("none", "weights", "empirical", "both")
+# int8 LOGISTIC output: scale 1/256, zero point -128; logits below this give 0 after rounding
+LOGIT_FLOOR = float(np.log(0.25 / 256 / (1 - 0.25 / 256)))
+
+
+def _sigmoid_inputs(model, score_names: set) -> set:
+    """The class-logit tensors (``score_names`` minus the LOGISTIC outputs) when the scores the
+    postprocess reads come out of a LOGISTIC; empty otherwise."""
+    sg = model.subgraphs[0]
+    sig_out = {tfl.tensor_name(sg.tensors[o]) for op, name in _ops(model, sg) if name == "LOGISTIC"
+               for o in op.outputs}
+    if not (sig_out & score_names):
+        return set()
+    return set(score_names) - sig_out
+
 HEAD_RANGES = ("minmax", "same")
 
 
 def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = 99.99,
                   threads: Optional[int] = None, head_ranges: str = "minmax",
-                  bias_correction: str = "weights", bias_images: int = 64) -> QuantizeResult:
+                  bias_correction: str = "weights", bias_images: int = 64,
+                  logit_floor: bool = True) -> QuantizeResult:
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
 
     ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
     body's rule (``percentile``). ``bias_correction`` (``edgedet.tools.quantize_bias``): "weights"
     removes the mean shift of int8 weight rounding, "empirical" moves the linear convs' output means
     onto the float model's, "both" does one then the other; measured on up to ``bias_images`` of
-    the calibration images.
+    the calibration images. ``logit_floor``: when the scores come out of a LOGISTIC, the class
+    logits' range starts at ``LOGIT_FLOOR`` at the lowest (see there).
     """
     import tempfile
 
@@ -536,6 +552,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     float_bytes = tfl.model_to_bytes(model)
     parts = head_parts(model)
     head = parts["boxes"] | parts["scores"]
+    sigmoid_logits = _sigmoid_inputs(model, parts["scores"])
     with tempfile.TemporaryDirectory(prefix="edgedet-q-") as tmp:
         float_path = Path(tmp) / "float.tflite"
         float_path.write_bytes(float_bytes)
@@ -552,6 +569,12 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         template = _aeq_qsv_template(aeq, float_bytes, inputs[0], in_name, signature)
         ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile,
                                 exact=head if head_ranges == "minmax" else frozenset(), threads=threads)
+        if logit_floor and sigmoid_logits:
+            # an int8 LOGISTIC outputs multiples of 1/256: every logit below the floor gives 0,
+            # so the logits' range need not reach lower (a finer step for the logits that matter)
+            for name in sigmoid_logits & set(ranges):
+                lo, hi = ranges[name]
+                ranges[name] = (max(lo, LOGIT_FLOOR), hi)
         qsvs = {}
         for name, qsv in template.items():
             if name in ranges and "min" in qsv:
@@ -595,6 +618,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
               "ranges": "global over the calibration set", "percentile": percentile,
               "head_ranges": "min/max" if head_ranges == "minmax" else "as the body",
               "bias_correction": bias_correction, "bias_corrected_layers": corrected,
+              "logit_floor": round(LOGIT_FLOOR, 3) if logit_floor and sigmoid_logits else None,
               "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version
