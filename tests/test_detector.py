@@ -170,6 +170,9 @@ def test_bad_labels_and_models_are_model_errors(v1_model, tmp_path, coco_labels)
         Detector.from_path(tmp_path / "missing.tflite")
 
 
-def test_generic_labels_without_a_label_file(v1_model):
-    d = Detector.from_path(v1_model, threads=1)
+def test_generic_labels_without_a_label_file(fpnlite_model, v1_model):
+    # a model the registry has no checksum for, with no sidecar: generic names
+    d = Detector.from_path(fpnlite_model, threads=1)
     assert d.labels[:2] == ["class0", "class1"] and len(d.labels) == 90
+    # the registry's default model used by path is recognised by its checksum
+    assert Detector.from_path(v1_model, threads=1).labels[:2] == ["person", "bicycle"]

@@ -2,8 +2,9 @@
 """Measure ``edgedet convert --quantize int8`` on the FPNLite asset model, end to end.
 
 1. builds a calibration set from the asset videos and photos (never the evaluation images),
-2. converts the dynamic-range FPNLite model to full int8 (percentile chosen on held-out
-   calibration frames by detection agreement with the source model),
+2. converts the dynamic-range FPNLite model to full int8 (range rule chosen on held-out
+   calibration frames by the SNR of the raw box encodings and scores against the float model;
+   weight-rounding bias correction; the score sigmoid in front of the postprocess op kept float),
 3. counts int8 conv weights/activations in the output file,
 4. times ``invoke()`` of both models with the same threads in one run (interleaved rounds),
 5. evaluates both once on coco_tiny_val2017 with identical settings: the models' own (10
@@ -62,7 +63,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/edgedet-bench-quantize")
-    ap.add_argument("--num-calib", type=int, default=100, help="calibration images to sample")
+    ap.add_argument("--num-calib", type=int, default=260,
+                    help="calibration images to sample (the photo folders hold fewer than their share)")
     ap.add_argument("--percentile", default="auto")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -132,7 +134,10 @@ def main() -> int:
               f"held-out agreement {rep.agreement}")
         print(f"int8         conv {census['conv_int8']}/{census['conv_total']}, activation tensors "
               f"{census['activations_int8']}/{census['activations_total']}, "
-              f"{rep.repaired_channels} dead channels repaired")
+              f"{rep.repaired_channels} dead channels repaired"
+              + (", score sigmoid before the postprocess op float" if census.get("float_score_sigmoid") else ""))
+        print(f"recipe       bias correction {rep.recipe.get('bias_correction')} "
+              f"({rep.recipe.get('bias_corrected_layers')} layers), head ranges {rep.recipe.get('head_ranges')}")
         print(f"size         {src.stat().st_size / 1e6:.2f} MB -> {out.stat().st_size / 1e6:.2f} MB")
         print(f"invoke       {ms_src:.1f} ms -> {ms_q:.1f} ms  ({ms_src / ms_q:.2f}x, {args.threads} threads, "
               "one run, interleaved)")

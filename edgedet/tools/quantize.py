@@ -380,7 +380,12 @@ def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *,
 # int8
 
 
-def int8_recipe() -> list:
+def int8_recipe(float_ops: Sequence[str] = ()) -> list:
+    """The ai-edge-quantizer recipe: int8 everywhere, float model inputs/outputs; the ops whose
+    output tensor is named in ``float_ops`` stay float (the quantizer's op scope is its output
+    names, each followed by ";")."""
+    import re
+
     act = {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE", "dtype": "INT"}
     wgt = {"num_bits": 8, "symmetric": True, "granularity": "CHANNELWISE", "dtype": "INT"}
     base = {"activation_tensor_config": act, "weight_tensor_config": wgt, "compute_precision": "INTEGER",
@@ -390,7 +395,7 @@ def int8_recipe() -> list:
         # the model's own inputs and outputs stay float: QUANTIZE / DEQUANTIZE at the edges
         {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},
         {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
-    ]
+    ] + [{"regex": f"^{re.escape(name)};", "operation": "*", "algorithm_key": "no_quantize"} for name in float_ops]
 
 
 def _aeq_qsv_template(aeq_quantizer, float_bytes: bytes, sample: np.ndarray, input_name: str,
@@ -481,12 +486,20 @@ def _restore_io_names(qmodel, float_model) -> None:
 
 
 def int8_census(model) -> dict:
-    """How much of the network body is int8: conv weights and activation tensors (N of M)."""
+    """How much of the network body is int8: conv weights and activation tensors (N of M). A float
+    LOGISTIC that feeds the postprocess op its scores counts as part of the postprocess
+    (``float_score_sigmoid``), like the QUANTIZE / DEQUANTIZE at the model's edges."""
     sg = model.subgraphs[0]
     conv_total = conv_int8 = 0
     acts = set()
+    score_inputs = {int(op.inputs[1]) for op, name in _ops(model, sg) if name == POSTPROCESS_OP and len(op.inputs) > 1}
+    float_sigmoid = 0
     for op, name in _ops(model, sg):
         if name in ("QUANTIZE", "DEQUANTIZE", POSTPROCESS_OP):
+            continue
+        out0 = int(op.outputs[0])
+        if name == "LOGISTIC" and out0 in score_inputs and int(sg.tensors[out0].type) == _FLOAT32:
+            float_sigmoid += 1  # the score conversion in front of the postprocess, kept float on purpose
             continue
         for i in list(op.inputs) + list(op.outputs):
             if i >= 0 and not _has_data(model, sg.tensors[i]):
@@ -499,7 +512,7 @@ def int8_census(model) -> dict:
                 conv_int8 += 1
     act_int8 = sum(1 for i in acts if int(sg.tensors[i].type) == _INT8)
     return {"conv_int8": conv_int8, "conv_total": conv_total, "activations_int8": act_int8,
-            "activations_total": len(acts)}
+            "activations_total": len(acts), "float_score_sigmoid": float_sigmoid}
 
 
 def census_of(path) -> dict:
@@ -509,6 +522,16 @@ def census_of(path) -> dict:
 BIAS_CORRECTIONS = ("none", "weights", "empirical", "both")
 # int8 LOGISTIC output: scale 1/256, zero point -128; logits below this give 0 after rounding
 LOGIT_FLOOR = float(np.log(0.25 / 256 / (1 - 0.25 / 256)))
+
+
+def _score_sigmoid(model) -> Optional[str]:
+    """Name of the LOGISTIC output the postprocess op reads as scores, if any."""
+    sg = model.subgraphs[0]
+    producer = {int(o): name for op, name in _ops(model, sg) for o in op.outputs}
+    for op, name in _ops(model, sg):
+        if name == POSTPROCESS_OP and len(op.inputs) > 1 and producer.get(int(op.inputs[1])) == "LOGISTIC":
+            return tfl.tensor_name(sg.tensors[op.inputs[1]])
+    return None
 
 
 def _sigmoid_inputs(model, score_names: set) -> set:
@@ -527,7 +550,7 @@ HEAD_RANGES = ("minmax", "same")
 def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = 99.99,
                   threads: Optional[int] = None, head_ranges: str = "minmax",
                   bias_correction: str = "weights", bias_images: int = 64,
-                  logit_floor: bool = True) -> QuantizeResult:
+                  logit_floor: bool = True, float_sigmoid: bool = True) -> QuantizeResult:
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
 
     ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
@@ -535,7 +558,9 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     removes the mean shift of int8 weight rounding, "empirical" moves the linear convs' output means
     onto the float model's, "both" does one then the other; measured on up to ``bias_images`` of
     the calibration images. ``logit_floor``: when the scores come out of a LOGISTIC, the class
-    logits' range starts at ``LOGIT_FLOOR`` at the lowest (see there).
+    logits' range starts at ``LOGIT_FLOOR`` at the lowest (see there). ``float_sigmoid``: the
+    LOGISTIC that turns class logits into the postprocess op's scores stays float (continuous
+    scores instead of 1/256 steps; the logits are dequantized in front of it).
     """
     import tempfile
 
@@ -553,6 +578,10 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     parts = head_parts(model)
     head = parts["boxes"] | parts["scores"]
     sigmoid_logits = _sigmoid_inputs(model, parts["scores"])
+    score_sigmoid = _score_sigmoid(model)
+    float_ops = [score_sigmoid] if float_sigmoid and score_sigmoid else []
+    if float_ops:
+        logit_floor = False  # the floor only holds for an int8 sigmoid
     with tempfile.TemporaryDirectory(prefix="edgedet-q-") as tmp:
         float_path = Path(tmp) / "float.tflite"
         float_path.write_bytes(float_bytes)
@@ -584,7 +613,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
             else:
                 qsvs[name] = qsv
         qt = aeq.Quantizer(bytearray(float_bytes))
-        qt.load_quantization_recipe(int8_recipe())
+        qt.load_quantization_recipe(int8_recipe(float_ops))
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                 np.errstate(all="ignore"):
             result = qt.quantize(qsvs, enable_progress_report=False)
@@ -619,6 +648,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
               "head_ranges": "min/max" if head_ranges == "minmax" else "as the body",
               "bias_correction": bias_correction, "bias_corrected_layers": corrected,
               "logit_floor": round(LOGIT_FLOOR, 3) if logit_floor and sigmoid_logits else None,
+              "float_ops": list(float_ops),
               "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version
@@ -766,32 +796,41 @@ def pseudo_map(ref_path, test_path, images: Sequence, *, threads: Optional[int] 
             "teacher_boxes": len(gt_anns)}
 
 
-PERCENTILE_CANDIDATES = (100.0, 99.999, 99.99, 99.9, "mse")
+PERCENTILE_CANDIDATES = (100.0, 99.99, "mse")
 
 
 def choose_percentile(src, calibration, held_out, *, candidates: Sequence = PERCENTILE_CANDIDATES,
                       threads: Optional[int] = None, log=None) -> tuple:
-    """Quantize with each candidate percentile (ranges from ``calibration``) and keep the one whose
-    detections best reproduce the source model's on the ``held_out`` calibration images: highest
-    ``pseudo_mAP`` (see ``pseudo_map``), then detection F1. Returns the percentile and
-    ``{percentile: measures}``."""
+    """Quantize with each candidate range rule (ranges from ``calibration``) and keep the one whose
+    raw head outputs are closest to the float model's on the ``held_out`` calibration images:
+    highest mean of the confidence-weighted box SNR and the score SNR (``quantize_measure.head_snr``,
+    every anchor of every held-out image). Detection F1 against the source is reported beside it.
+    Returns the chosen candidate and ``{candidate: measures}``."""
     import tempfile
 
     from ..sidecar import update_sidecar
+    from .quantize_measure import head_snr
 
     scores = {}
     with tempfile.TemporaryDirectory(prefix="edgedet-pct-") as tmp:
+        model = tfl.read_model(src)
+        prepare_float_model(model)
+        float_path = Path(tmp) / "float.tflite"
+        tfl.write_model(model, float_path)
+        held_inputs = load_inputs(held_out, calibration_preprocessor(src))
         for p in candidates:
             out = Path(tmp) / f"p{p}.tflite"
             result = quantize_int8(src, out, calibration, percentile=p, threads=threads)
             copy_sidecar(src, out)
             if result.sidecar:
                 update_sidecar(out, **result.sidecar)
-            scores[p] = {**pseudo_map(src, out, held_out, threads=threads),
-                         **compare_models(src, out, held_out, threads=threads)}
+            snr = head_snr(float_path, out, held_inputs, threads=threads)
+            agree = compare_models(src, out, held_out, threads=threads)
+            scores[p] = {"snr_db": snr["mean"], "box_snr_db": snr.get("boxes_w"),
+                         "score_snr_db": snr.get("scores", snr.get("logits")), "f1": agree["f1"]}
             if log:
                 log(f"percentile {p}: {scores[p]}")
-    best = max(candidates, key=lambda p: (scores[p]["pseudo_mAP"], scores[p]["f1"]))
+    best = max(candidates, key=lambda p: scores[p]["snr_db"])
     return best, scores
 
 

@@ -83,8 +83,60 @@ def test_quantized_model_still_finds_grace_hopper(int8_model, grace_hopper, coco
         assert abs(float(a.scores[0]) - float(b.scores[0])) < 0.1
         iou = _iou(a.xyxy[0], b.xyxy[0])
         assert iou > 0.8
-    # the sidecar says the op's class input is already a probability
-    assert load_sidecar(out)["postprocess"]["score_activation"] == "none"
+    # the score sigmoid stays float in front of the op, as in the source: no sidecar hint needed
+    assert "score_activation" not in (load_sidecar(out).get("postprocess") or {})
+
+
+def test_scores_are_continuous_and_head_close_to_float(int8_model, calib_images):
+    """The LOGISTIC feeding the op is float (scores not on a 1/256 grid) and, on calibration
+    images, the raw head outputs stay close to the float model's."""
+    from edgedet.runtime import load_interpreter
+    from edgedet.tools.quantize import calibration_preprocessor, load_inputs
+    from edgedet.tools.quantize_measure import head_snr
+
+    src, out, result = int8_model
+    assert result.census["float_score_sigmoid"] == 1
+    assert result.recipe["bias_correction"] == "weights" and result.recipe["bias_corrected_layers"] > 100
+    inputs = load_inputs(calib_images[:3], calibration_preprocessor(src))
+    interp = load_interpreter(out, 2)
+    op = next(d for d in interp.get_tensor_details() if d["name"] == "tfl.logistic")
+    assert op["dtype"] == np.float32
+    model = tfl.read_model(src)
+    prepare_float_model(model)
+    float_path = out.parent / "float.tflite"
+    tfl.write_model(model, float_path)
+    snr = head_snr(float_path, out, inputs, threads=2)
+    # measured ~26 dB (boxes, confidence-weighted) and ~20 dB (scores) on held-out frames
+    assert snr["boxes_w"] > 18 and snr["scores"] > 14
+    assert snr["mean"] == pytest.approx((snr["boxes_w"] + snr["scores"]) / 2, abs=1e-3)
+    # the same model against itself: no noise at all
+    assert head_snr(float_path, float_path, inputs[:1])["boxes"] > 200
+
+
+def test_weight_error_shift_per_layer_kind():
+    """(W_q - W) E[x] per output channel for pointwise/3x3, depthwise and fully connected."""
+    from edgedet.tools.quantize_bias import ConvLayer, weight_shift
+
+    rng = np.random.default_rng(0)
+    mean_x = rng.normal(size=5)
+    layer = lambda kind: ConvLayer(0, kind, 0, 1, 2, 3, np.zeros(1), 0)  # noqa: E731
+    dw = rng.normal(size=(4, 3, 3, 5))  # conv [O, kh, kw, I]: each tap sees the same mean
+    np.testing.assert_allclose(weight_shift(layer("CONV_2D"), dw, mean_x),
+                               np.einsum("ohwi,i->o", dw, mean_x))
+    dd = rng.normal(size=(1, 3, 3, 5))  # depthwise [1, kh, kw, C]
+    np.testing.assert_allclose(weight_shift(layer("DEPTHWISE_CONV_2D"), dd, mean_x),
+                               dd.sum(axis=(0, 1, 2)) * mean_x)
+    fc = rng.normal(size=(2, 5))
+    np.testing.assert_allclose(weight_shift(layer("FULLY_CONNECTED"), fc, mean_x), fc @ mean_x)
+
+
+def test_bad_recipe_names_are_config_errors(fpnlite_model, tmp_path, calib_images):
+    from edgedet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bias correction"):
+        quantize_int8(fpnlite_model, tmp_path / "x.tflite", calib_images[:1], bias_correction="magic")
+    with pytest.raises(ConfigError, match="head ranges"):
+        quantize_int8(fpnlite_model, tmp_path / "x.tflite", calib_images[:1], head_ranges="tight")
 
 
 def _iou(a, b):
