@@ -214,11 +214,16 @@ def ffmpeg_encoders(ffmpeg: str = "ffmpeg") -> frozenset:
 
 
 def pyav_has_encoder(name: str) -> bool:
+    """True when PyAV is installed and its FFmpeg build can encode with ``name``."""
     try:
         import av  # type: ignore
     except ImportError:
         return False
-    return name in getattr(av, "codecs_available", set())
+    try:
+        av.codec.Codec(name, "w")
+        return True
+    except Exception:  # unknown codec, or a decoder only
+        return False
 
 
 def hardware_h264_available(root: str | os.PathLike = "/", ffmpeg: str = "ffmpeg") -> bool:

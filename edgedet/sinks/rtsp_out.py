@@ -26,13 +26,13 @@ import shutil
 import subprocess
 import threading
 import time
-from functools import cache
 from typing import Optional
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..config import OutputConfig, RtspOutConfig
+from ..cpu import ffmpeg_encoders, pyav_has_encoder
 from ..errors import SinkError
 from ..frame import Result
 from ..redact import mask_text, mask_url
@@ -52,33 +52,6 @@ MAX_BACKOFF = 30.0
 # ---------------------------------------------------------------------------------------------
 # encoder choice
 
-@cache
-def _ffmpeg_encoders(ffmpeg: str) -> frozenset:
-    try:
-        out = subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True,
-                             timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return frozenset()
-    names = set()
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] == "V":
-            names.add(parts[1])
-    return frozenset(names)
-
-
-def _pyav_has(codec: str) -> bool:
-    try:
-        import av
-    except ImportError:
-        return False
-    try:
-        av.codec.Codec(codec, "w")
-        return True
-    except Exception:
-        return False
-
-
 def find_ffmpeg() -> Optional[str]:
     return shutil.which("ffmpeg")
 
@@ -86,8 +59,8 @@ def find_ffmpeg() -> Optional[str]:
 def encoder_available(name: str, backend: str) -> bool:
     if backend == "ffmpeg":
         ffmpeg = find_ffmpeg()
-        return bool(ffmpeg) and name in _ffmpeg_encoders(ffmpeg)
-    return _pyav_has(name)
+        return bool(ffmpeg) and name in ffmpeg_encoders(ffmpeg)
+    return pyav_has_encoder(name)
 
 
 def choose_encoder(choice: str, backend: str, hw_device: str = HW_DEVICE) -> str:

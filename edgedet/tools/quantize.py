@@ -550,7 +550,8 @@ HEAD_RANGES = ("minmax", "same")
 def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = 99.99,
                   threads: Optional[int] = None, head_ranges: str = "minmax",
                   bias_correction: str = "weights", bias_images: int = 64,
-                  logit_floor: bool = True, float_sigmoid: bool = True) -> QuantizeResult:
+                  logit_floor: bool = True, float_sigmoid: bool = True,
+                  equalize: bool = False) -> QuantizeResult:
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
 
     ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
@@ -560,7 +561,9 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     the calibration images. ``logit_floor``: when the scores come out of a LOGISTIC, the class
     logits' range starts at ``LOGIT_FLOOR`` at the lowest (see there). ``float_sigmoid``: the
     LOGISTIC that turns class logits into the postprocess op's scores stays float (continuous
-    scores instead of 1/256 steps; the logits are dequantized in front of it).
+    scores instead of 1/256 steps; the logits are dequantized in front of it). ``equalize``:
+    cross-layer range equalization of ReLU conv -> depthwise conv pairs first
+    (``edgedet.tools.quantize_cle``).
     """
     import tempfile
 
@@ -595,6 +598,14 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         in_name = sig.inputs[0].name
         in_name = in_name.decode() if isinstance(in_name, bytes) else str(in_name)
         inputs = load_inputs(calibration_images, preprocessor)
+        equalized = 0
+        if equalize:
+            from .quantize_cle import equalize as _equalize
+
+            step = max(1, len(inputs) // max(1, bias_images))
+            equalized = _equalize(model, float_path, inputs[::step][:bias_images], threads=threads)
+            float_bytes = tfl.model_to_bytes(model)
+            float_path.write_bytes(float_bytes)
         template = _aeq_qsv_template(aeq, float_bytes, inputs[0], in_name, signature)
         ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile,
                                 exact=head if head_ranges == "minmax" else frozenset(), threads=threads)
@@ -648,7 +659,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
               "head_ranges": "min/max" if head_ranges == "minmax" else "as the body",
               "bias_correction": bias_correction, "bias_corrected_layers": corrected,
               "logit_floor": round(LOGIT_FLOOR, 3) if logit_floor and sigmoid_logits else None,
-              "float_ops": list(float_ops),
+              "float_ops": list(float_ops), "equalized_pairs": equalized,
               "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version
