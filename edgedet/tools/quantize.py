@@ -10,16 +10,21 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
    letterbox resize, RGB, the sidecar's normalization).
 3. Ranges: GLOBAL over the whole calibration set (not per-image averages). The prediction head
    (the tensors between the last convolutions and the postprocess op: box encodings and class
-   logits) keeps its full min/max; the rest of the network uses an outlier-robust percentile
-   of the pooled values (``percentile``; 100 = plain min/max; ``"mse"`` = per tensor, the
-   percentile with the least int8 round-trip error). ``choose_percentile`` picks among
-   candidates by how well each int8 model reproduces the source's detections on held-out
-   calibration images (``pseudo_map``, ``detection_agreement``).
+   logits) keeps its full min/max; the rest of the network uses ``percentile`` of the pooled
+   values (100 = plain min/max; ``"mse"`` = per tensor, each end of the range cut where the int8
+   round trip of the pooled values has the least squared error). ``choose_percentile`` picks
+   among candidates by the SNR of the raw head outputs against the float model on held-out
+   calibration images (``quantize_measure.head_snr``).
 4. ``ai-edge-quantizer`` static int8 (weights per channel, activations per tensor); the model
-   inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges).
+   inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges), and so
+   does the LOGISTIC that turns the class logits into the op's scores (``float_sigmoid``): int8
+   scores would come in 1/256 steps, which alone caps their SNR at ~17 dB on calibration frames.
 5. Repair: output channels whose weights are all (or nearly) zero get a ~1e-11 weight scale and
    an int32 bias that overflows; their scales and biases are recomputed from the float model.
-6. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
+6. Bias correction (``quantize_bias``, ``bias_correction="weights"``): the mean output shift of
+   int8 weight rounding, ``(W_q - W) E[x]`` with ``E[x]`` measured in the int8 model, is taken
+   out of every conv's int32 bias.
+7. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
 """
 
 from __future__ import annotations
@@ -547,7 +552,7 @@ def _sigmoid_inputs(model, score_names: set) -> set:
 HEAD_RANGES = ("minmax", "same")
 
 
-def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = 99.99,
+def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = "mse",
                   threads: Optional[int] = None, head_ranges: str = "minmax",
                   bias_correction: str = "weights", bias_images: int = 64,
                   logit_floor: bool = True, float_sigmoid: bool = True,
