@@ -46,6 +46,10 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option of any command: one line, like every user error
+            name = exc.ctx.command_path if exc.ctx is not None else "edgedet"
+            click.echo(f"edgedet: error: {exc.format_message()} (see: {name} --help)", err=True)
+            ctx.exit(2)
         except EdgedetError as exc:
             click.echo(f"edgedet: error: {exc}", err=True)
             ctx.exit(exc.exit_code)

@@ -7,18 +7,8 @@ import sys
 
 import click
 
-from ..errors import ConfigError
 
-
-class _OneLineErrors(click.Command):
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise ConfigError(f"{exc.format_message()} (see: edgedet bench --help)") from exc
-
-
-@click.command("bench", cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "-m", default="ssd_mobilenet_v1_coco_quant", show_default=True,
               help="registry name or path of a .tflite model")
 @click.option("--source", "-s", default=None,

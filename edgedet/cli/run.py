@@ -8,7 +8,6 @@ import sys
 import click
 
 from ..config import load_config
-from ..errors import ConfigError
 from .options import config_options, overrides_from_params
 
 
@@ -40,17 +39,7 @@ def setup_logging(level: str) -> None:
         pass
 
 
-class _OneLineErrors(click.Command):
-    """Bad command-line values become one ``edgedet: error: ...`` line like every other user error."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise ConfigError(f"{exc.format_message()} (see: edgedet run --help)") from exc
-
-
-@click.command("run", cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML configuration file (command-line options override it)")
 @config_options

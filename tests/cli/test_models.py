@@ -35,3 +35,10 @@ def test_unknown_model_is_one_line_error():
     assert res.returncode != 0
     assert res.stderr.strip().count("\n") == 0 and "unknown model 'nope'" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_bad_options_of_every_command_are_one_line():
+    for args in (["run", "--threads", "abc"], ["convert", "--bogus"], ["prune"], ["bogus"]):
+        res = edgedet(*args)
+        assert res.returncode == 2, args
+        assert res.stderr.startswith("edgedet: error: ") and res.stderr.strip().count("\n") == 0, res.stderr
