@@ -110,3 +110,36 @@ def load_interpreter(path: str | os.PathLike, threads: int | None = None, *, pre
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {path}: {msg}") from exc
     return interp
+
+
+def median_invoke_ms(path: str | os.PathLike, threads: int | None = None, *, runs: int = 30, warmup: int = 5,
+                     sample=None, fill: str = "random") -> float:
+    """Median milliseconds of one ``invoke()`` with the default (XNNPACK) interpreter.
+
+    ``sample`` is the input to use; without it, zeros (``fill="zeros"``) or a fixed random input
+    over the input's range (``fill="random"``).
+    """
+    import time
+
+    import numpy as np
+
+    interp = load_interpreter(path, threads)
+    d = interp.get_input_details()[0]
+    if sample is None and fill == "zeros":
+        sample = np.zeros(d["shape"], dtype=d["dtype"])
+    elif sample is None:
+        rng = np.random.default_rng(0)
+        if np.issubdtype(d["dtype"], np.integer):
+            info = np.iinfo(d["dtype"])
+            sample = rng.integers(info.min, info.max, size=d["shape"], endpoint=True).astype(d["dtype"])
+        else:
+            sample = rng.uniform(-1, 1, size=d["shape"]).astype(d["dtype"])
+    interp.set_tensor(d["index"], sample)
+    for _ in range(max(1, warmup)):
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        interp.invoke()
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))

@@ -563,17 +563,9 @@ def file_sizes(data: bytes) -> dict:
 
 def invoke_ms(path, threads=None, runs: int = 30, sample: np.ndarray | None = None) -> float:
     """Median invoke time in ms with the default (XNNPACK) interpreter."""
-    interp = _interpreter(path, threads, preserve=False)
-    d = interp.get_input_details()[0]
-    x = sample if sample is not None else np.zeros(d["shape"], dtype=d["dtype"])
-    interp.set_tensor(d["index"], x)
-    interp.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+    from ..runtime import median_invoke_ms
+
+    return median_invoke_ms(path, threads, runs=runs, warmup=1, sample=sample, fill="zeros")
 
 
 def load_calibration(src, opts: PruneOptions) -> list[np.ndarray]:

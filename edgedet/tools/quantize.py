@@ -697,25 +697,9 @@ def _scores_are_dequantized_probabilities(model) -> bool:
 
 def invoke_ms(path, threads: Optional[int] = None, runs: int = 30, warmup: int = 5) -> float:
     """Median milliseconds of one ``invoke()`` on a random input (XNNPACK, ``threads``)."""
-    from ..runtime import load_interpreter
+    from ..runtime import median_invoke_ms
 
-    interp = load_interpreter(path, threads)
-    d = interp.get_input_details()[0]
-    rng = np.random.default_rng(0)
-    if np.issubdtype(d["dtype"], np.integer):
-        info = np.iinfo(d["dtype"])
-        x = rng.integers(info.min, info.max, size=d["shape"], endpoint=True).astype(d["dtype"])
-    else:
-        x = rng.uniform(-1, 1, size=d["shape"]).astype(d["dtype"])
-    interp.set_tensor(d["index"], x)
-    for _ in range(warmup):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
+    return median_invoke_ms(path, threads, runs=runs, warmup=warmup)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
