@@ -145,9 +145,13 @@ class Pipeline:
         self._signals = 0
         self._old_handlers: dict = {}
         self._needs_annotated = any(getattr(s, "needs_annotated", False) for s in self.sinks)
+        # no sink reads the picture as captured: draw the overlay onto it instead of onto a copy
+        self._draw_in_place = self._needs_annotated and not any(getattr(s, "reads_frame", True) for s in self.sinks)
+        self._opencv_threads: Optional[int] = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Pipeline:
+        self._limit_opencv()
         try:
             self.source.open()
             self._source_open = True
@@ -174,7 +178,24 @@ class Pipeline:
         self._join(timeout=10.0 if exc_type is None else 2.0)
         self._close_all()
 
+    def _limit_opencv(self) -> None:
+        """OpenCV's own thread pool (resize, colour, drawing) only competes with the interpreter when
+        the interpreter already has a thread on every core: run OpenCV single-threaded then
+        (restored when the pipeline closes)."""
+        threads = getattr(getattr(self.detector, "info", None), "threads", None)
+        if not threads:
+            return
+        from .cpu import available_cores, limit_opencv_threads
+
+        if int(threads) >= len(available_cores()):
+            self._opencv_threads = limit_opencv_threads(1)
+
     def _close_all(self) -> None:
+        if self._opencv_threads is not None:
+            from .cpu import limit_opencv_threads
+
+            limit_opencv_threads(self._opencv_threads)
+            self._opencv_threads = None
         errors = []
         for sink in reversed(self._opened_sinks):
             try:
@@ -393,8 +414,10 @@ class Pipeline:
             result.fps = rate.tick(time.monotonic())
             if self._needs_annotated:
                 t0 = clock()
-                result.annotated = overlay.draw(result.frame.image, result.detections, result.labels,
-                                                fps=result.fps or None, infer_ms=result.timings.get("invoke"))
+                image = result.frame.image
+                in_place = self._draw_in_place and image.flags.writeable
+                result.annotated = overlay.draw(image, result.detections, result.labels, fps=result.fps or None,
+                                                infer_ms=result.timings.get("invoke"), out=image if in_place else None)
                 result.timings["overlay"] = (clock() - t0) * 1000.0
                 stats.add("overlay", result.timings["overlay"])
             t0 = clock()

@@ -56,6 +56,7 @@ class _Null(BaseSink):
 
     def __init__(self, annotated: bool = False) -> None:
         self.needs_annotated = annotated
+        self.reads_frame = False
 
 
 def rss_mb() -> float:
@@ -105,14 +106,22 @@ def _raw_invoke_rate(det, image, n: int) -> dict:
             "rate_per_s": round(1.0 / p50, 2)}
 
 
+def _cpu_s() -> float:
+    """CPU time of this process (every thread: interpreter pool, FFmpeg's decoder threads...)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _pipeline_fps(det, video: Path, *, annotated: bool, max_frames=None) -> dict:
     src = VideoFileSource(video)
     with Pipeline(src, det, [_Null(annotated)], drop=False, max_frames=max_frames, handle_signals=False) as p:
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_s(), time.perf_counter()
         snap = p.run()
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
     n = snap["frames"]["output"]
-    return {"frames": n, "fps": round(n / dt, 2),
+    return {"frames": n, "fps": round(n / dt, 2), "cpu_ms_per_frame": round(cpu / max(n, 1) * 1000, 2),
             "stage_ms_p50": {k: v["p50"] for k, v in snap["stages_ms"].items()}}
 
 
@@ -123,7 +132,7 @@ def _sequential_fps(det, video: Path, max_frames=None) -> dict:
     cap = cv2.VideoCapture(str(video))
     overlay = Overlay()
     n = 0
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     while max_frames is None or n < max_frames:
         ok, image = cap.read()
         if not ok:
@@ -131,53 +140,86 @@ def _sequential_fps(det, video: Path, max_frames=None) -> dict:
         dets = det.detect(image)
         overlay.draw(image, dets, det.labels)
         n += 1
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
     cap.release()
-    return {"frames": n, "fps": round(n / dt, 2)}
+    return {"frames": n, "fps": round(n / dt, 2), "cpu_ms_per_frame": round(cpu / max(n, 1) * 1000, 2)}
 
 
-def bench_throughput(threads: int = 2, rounds: int = 5) -> dict:
+def _ceiling_fps(cpu_ms_per_frame: float, cores: int) -> float:
+    """Frames/s if every core did nothing but this work: the most any arrangement of it can give."""
+    return round(cores * 1000.0 / cpu_ms_per_frame, 1) if cpu_ms_per_frame > 0 else 0.0
+
+
+def bench_throughput(threads: int = 2, rounds: int = 5, *, with_op: bool = True, compare_threads=(1,)) -> dict:
     """(3) file source, no dropping, ``threads`` interpreter threads.
 
     The machine may be shared, so each comparison alternates its two contenders ``rounds``
     times (A B A B ...): each round gives a ratio of two runs taken back to back, and the
     median of those ratios is the figure (a burst of outside load hits one round, not the result).
+
+    Also reported, to explain the figure: the CPU time per frame of each contender (all threads
+    of the process) and the frame rate it would reach if every core did nothing else
+    (``*_cpu_ceiling_fps``); the raw invoke rate of the model file as shipped, with its in-graph
+    postprocess op (``with_op``); and the same comparisons with fewer interpreter threads
+    (``compare_threads``), which leave a core to the other stages.
     """
     import statistics
 
     import cv2
 
-    det = Detector.from_path(V1, threads=threads, labels=str(LABELS))
+    from edgedet.cpu import available_cores
+
+    cores = len(available_cores())
     cap = cv2.VideoCapture(str(PED))
     image = cap.read()[1]
     cap.release()
-    raw, ped, seq720, pipe720 = [], [], [], []
-    for _ in range(rounds):
-        raw.append(_raw_invoke_rate(det, image, 150))
-        ped.append(_pipeline_fps(det, PED, annotated=False))
-    for _ in range(rounds):
-        seq720.append(_sequential_fps(det, HIGHWAY))
-        pipe720.append(_pipeline_fps(det, HIGHWAY, annotated=True))
 
     def med(values):
         return round(statistics.median(values), 3)
 
-    ratio_raw = [p["fps"] / r["rate_per_s"] for p, r in zip(ped, raw)]
-    ratio_720 = [p["fps"] / q["fps"] for p, q in zip(pipe720, seq720)]
-    return {
-        "model": V1.name, "threads": threads, "rounds": rounds,
-        "raw_invoke_rate_480x360": [r["rate_per_s"] for r in raw],
-        "raw_invoke_ms_p50": [r["invoke_ms_p50"] for r in raw],
-        "pipeline_fps_480x360": [p["fps"] for p in ped],
-        "pipeline_stage_ms_p50_480x360": ped[-1]["stage_ms_p50"],
-        "pipeline_over_raw_invoke_per_round": [round(x, 3) for x in ratio_raw],
-        "pipeline_over_raw_invoke": med(ratio_raw), "target_ratio": ">= 0.90",
-        "sequential_720p_read_infer_draw_fps": [q["fps"] for q in seq720],
-        "pipeline_720p_with_overlay_fps": [p["fps"] for p in pipe720],
-        "pipeline_stage_ms_p50_720p": pipe720[-1]["stage_ms_p50"],
-        "pipeline_over_sequential_720p_per_round": [round(x, 3) for x in ratio_720],
-        "pipeline_over_sequential_720p": med(ratio_720), "target_720p": ">= 1.0",
-    }
+    def measure(n_threads: int) -> dict:
+        det = Detector.from_path(V1, threads=n_threads, labels=str(LABELS))
+        op = Detector.from_path(V1, threads=n_threads, labels=str(LABELS), postprocess="op") if with_op else None
+        raw, raw_op, ped, seq720, pipe720 = [], [], [], [], []
+        for _ in range(rounds):
+            raw.append(_raw_invoke_rate(det, image, 150))
+            if op is not None:
+                raw_op.append(_raw_invoke_rate(op, image, 150))
+            ped.append(_pipeline_fps(det, PED, annotated=False))
+        for _ in range(rounds):
+            seq720.append(_sequential_fps(det, HIGHWAY))
+            pipe720.append(_pipeline_fps(det, HIGHWAY, annotated=True))
+        ratio_raw = [p["fps"] / r["rate_per_s"] for p, r in zip(ped, raw)]
+        ratio_720 = [p["fps"] / q["fps"] for p, q in zip(pipe720, seq720)]
+        res = {
+            "threads": n_threads,
+            "raw_invoke_rate_480x360": [r["rate_per_s"] for r in raw],
+            "raw_invoke_ms_p50": [r["invoke_ms_p50"] for r in raw],
+            "pipeline_fps_480x360": [p["fps"] for p in ped],
+            "pipeline_cpu_ms_per_frame_480x360": med([p["cpu_ms_per_frame"] for p in ped]),
+            "pipeline_stage_ms_p50_480x360": ped[-1]["stage_ms_p50"],
+            "pipeline_over_raw_invoke_per_round": [round(x, 3) for x in ratio_raw],
+            "pipeline_over_raw_invoke": med(ratio_raw),
+            "sequential_720p_read_infer_draw_fps": [q["fps"] for q in seq720],
+            "sequential_720p_cpu_ms_per_frame": med([q["cpu_ms_per_frame"] for q in seq720]),
+            "sequential_720p_cpu_ceiling_fps": _ceiling_fps(med([q["cpu_ms_per_frame"] for q in seq720]), cores),
+            "pipeline_720p_with_overlay_fps": [p["fps"] for p in pipe720],
+            "pipeline_720p_cpu_ms_per_frame": med([p["cpu_ms_per_frame"] for p in pipe720]),
+            "pipeline_720p_cpu_ceiling_fps": _ceiling_fps(med([p["cpu_ms_per_frame"] for p in pipe720]), cores),
+            "pipeline_stage_ms_p50_720p": pipe720[-1]["stage_ms_p50"],
+            "pipeline_over_sequential_720p_per_round": [round(x, 3) for x in ratio_720],
+            "pipeline_over_sequential_720p": med(ratio_720),
+        }
+        if raw_op:
+            ratio_op = [p["fps"] / r["rate_per_s"] for p, r in zip(ped, raw_op)]
+            res["raw_invoke_ms_p50_model_with_op"] = [r["invoke_ms_p50"] for r in raw_op]
+            res["pipeline_over_raw_invoke_of_model_with_op"] = med(ratio_op)
+        return res
+
+    out = {"model": V1.name, "cores": cores, "rounds": rounds, "target_ratio": ">= 0.90", "target_720p": ">= 1.0"}
+    out.update(measure(threads))
+    out["other_thread_counts"] = [measure(n) for n in compare_threads if n != threads]
+    return out
 
 
 def bench_realtime(seconds: float = 20.0, fps: float = 30.0) -> dict:
@@ -252,6 +294,7 @@ def main() -> None:
     ap.add_argument("--realtime", action="store_true")
     ap.add_argument("--rss", action="store_true")
     ap.add_argument("--rss-frames", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=5, help="--throughput: paired rounds per comparison")
     ap.add_argument("--realtime-seconds", type=float, default=20.0)
     ap.add_argument("--loop", action="store_true", help="accepted for symmetry: --rss always loops the video")
     args = ap.parse_args()
@@ -267,7 +310,7 @@ def main() -> None:
             if name == "persons":
                 out["persons"] = bench_persons(tmp)
             elif name == "throughput":
-                out["throughput"] = bench_throughput()
+                out["throughput"] = bench_throughput(rounds=args.rounds)
             elif name == "realtime":
                 out["realtime"] = bench_realtime(args.realtime_seconds)
             else:

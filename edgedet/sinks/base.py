@@ -34,6 +34,8 @@ class Sink(Protocol):
     block for long (network sinks hand off to their own thread and keep only what they must).
     ``close`` flushes and finalizes (playable video, complete events file) and is idempotent.
     ``needs_annotated`` tells the pipeline to draw the overlay once for this sink.
+    ``reads_frame`` (optional, default True) says the sink reads ``result.frame.image`` itself;
+    when no sink does, the overlay is drawn straight onto the frame (no copy of the picture).
     """
 
     needs_annotated: bool
@@ -49,6 +51,7 @@ class BaseSink:
     """Convenience base: context manager around ``open``/``close``."""
 
     needs_annotated = False
+    reads_frame = True
 
     def open(self) -> None:  # pragma: no cover - trivial
         pass

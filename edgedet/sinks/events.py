@@ -38,6 +38,7 @@ def event_record(result: Result) -> dict:
 
 class EventsSink(BaseSink):
     needs_annotated = False
+    reads_frame = False
 
     def __init__(self, path: str, *, append: bool = False) -> None:
         self.path = path

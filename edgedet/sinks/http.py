@@ -180,6 +180,7 @@ class HttpSink(BaseSink):
     """The web view and metrics endpoint; see the module docstring."""
 
     needs_annotated = True
+    reads_frame = False
 
     def __init__(self, http_cfg: HttpConfig, ctx: Optional[SinkContext] = None) -> None:
         self.cfg = http_cfg

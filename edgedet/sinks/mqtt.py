@@ -79,6 +79,7 @@ class MqttSink(BaseSink):
     """Publishes detection events, state and availability; see the module docstring."""
 
     needs_annotated = False
+    reads_frame = False
 
     def __init__(self, mqtt_cfg: MqttConfig, ctx: Optional[SinkContext] = None) -> None:
         self.cfg = mqtt_cfg

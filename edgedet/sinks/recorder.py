@@ -44,6 +44,7 @@ class RecorderSink(BaseSink):
         self.encoder = encoder
         self.timed = timed
         self.needs_annotated = annotated
+        self.reads_frame = not annotated  # records the picture as captured
         self.frames_written = 0
         self.size: Optional[tuple[int, int]] = None
         self.fourcc = ""

@@ -246,6 +246,7 @@ class RtspOutSink(BaseSink):
     """Publishes ``result.annotated``; see the module docstring."""
 
     needs_annotated = True
+    reads_frame = False
 
     def __init__(self, rtsp_cfg: RtspOutConfig, output_cfg: Optional[OutputConfig] = None,
                  ctx: Optional[SinkContext] = None, backend: Optional[str] = None) -> None:

@@ -49,6 +49,7 @@ class WindowSink(BaseSink):
     """
 
     needs_annotated = True
+    reads_frame = False
 
     def __init__(self, title: str = "edgedet") -> None:
         self.title = title

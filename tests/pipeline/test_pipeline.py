@@ -167,6 +167,52 @@ def test_overlay_drawn_once_when_a_sink_needs_it():
     assert snap["stages_ms"]["overlay"]["n"] == 5
 
 
+def test_overlay_drawn_on_the_frame_when_no_sink_reads_the_raw_picture():
+    shown = Collect(needs_annotated=True)
+    shown.reads_frame = False  # like the window, HTTP and RTSP sinks
+    with Pipeline(SyntheticSource(n=3, size=(320, 240)), StandinDetector(), [shown], drop=False) as p:
+        p.run()
+    r = shown.results[0]
+    assert r.annotated is r.frame.image  # no copy of the picture
+    assert (r.annotated != 0).any(axis=2).sum() > 100  # the box is on it
+
+
+def test_raw_recording_next_to_an_annotated_view_keeps_the_raw_picture(tmp_path):
+    from edgedet.sinks.recorder import RecorderSink
+
+    shown = Collect(needs_annotated=True)
+    shown.reads_frame = False
+    raw = RecorderSink(tmp_path / "raw.mp4", fps=10, annotated=False)
+    src = SyntheticSource(n=3, size=(320, 240))
+    with Pipeline(src, StandinDetector(), [shown, raw], drop=False) as p:
+        p.run()
+    r = shown.results[0]
+    assert r.annotated is not r.frame.image
+    assert not r.frame.image.any()  # frame 0 is all zeros: nothing was drawn on it
+
+
+def test_opencv_runs_single_threaded_only_while_the_interpreter_fills_every_core(monkeypatch):
+    import cv2
+
+    from edgedet import cpu
+
+    monkeypatch.setattr(cpu, "available_cores", lambda: [0, 1])
+    before = cv2.getNumThreads()
+
+    class Seen(Collect):
+        def write(self, result):
+            self.results.append(cv2.getNumThreads())
+
+    for threads, expected in ((2, 1), (1, before)):
+        det = StandinDetector()
+        det.info = type("Info", (), {"threads": threads})()
+        sink = Seen()
+        with Pipeline(SyntheticSource(n=2), det, [sink], drop=False) as p:
+            p.run()
+        assert sink.results == [expected, expected]
+        assert cv2.getNumThreads() == before
+
+
 def test_lores_frames_are_detected_on_lores_and_mapped_to_main():
     det = StandinDetector()
     sink = Collect()
