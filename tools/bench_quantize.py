@@ -4,7 +4,9 @@
 1. builds a calibration set from the asset videos and photos (never the evaluation images),
 2. converts the dynamic-range FPNLite model to full int8 (range rule chosen on held-out
    calibration frames by the SNR of the raw box encodings and scores against the float model;
-   weight-rounding bias correction; the score sigmoid in front of the postprocess op kept float),
+   adaptive rounding of the weights that were float in the source; the input range set by its
+   int8 round trip; weight-rounding bias correction; the score sigmoid in front of the
+   postprocess op kept float),
 3. counts int8 conv weights/activations in the output file,
 4. times ``invoke()`` of both models with the same threads in one run (interleaved rounds),
 5. evaluates both once on coco_tiny_val2017 with identical settings: the models' own (10
@@ -60,21 +62,38 @@ def interleaved_invoke_ms(paths, threads: int, rounds: int = 5, runs: int = 20) 
     return [float(np.median(t)) for t in times]
 
 
+# the recipe before adaptive rounding and the input range rule: nearest rounding, min/max input range
+_OLD = {"weight_rounding": "nearest", "input_ranges": "minmax"}
+_NEW = {"weight_rounding": "adaptive", "input_ranges": "roundtrip"}
 ABLATION = (
     ("min/max ranges, int8 sigmoid, no bias correction",
-     {"percentile": 100.0, "float_sigmoid": False, "bias_correction": "none"}),
+     {**_OLD, "percentile": 100.0, "float_sigmoid": False, "bias_correction": "none"}),
     ("mse ranges, int8 sigmoid, no bias correction",
-     {"percentile": "mse", "float_sigmoid": False, "bias_correction": "none"}),
+     {**_OLD, "percentile": "mse", "float_sigmoid": False, "bias_correction": "none"}),
     ("min/max ranges, int8 sigmoid, weight bias correction",
-     {"percentile": 100.0, "float_sigmoid": False}),
-    ("mse ranges, int8 sigmoid, weight bias correction", {"percentile": "mse", "float_sigmoid": False}),
-    ("min/max ranges, float sigmoid, weight bias correction", {"percentile": 100.0}),
-    ("99.99 ranges, float sigmoid, weight bias correction", {"percentile": 99.99}),
-    ("mse ranges, float sigmoid, weight bias correction (default)", {"percentile": "mse"}),
-    ("  + empirical bias correction of linear convs", {"percentile": "mse", "bias_correction": "both"}),
-    ("  empirical instead of weight bias correction", {"percentile": "mse", "bias_correction": "empirical"}),
-    ("  + head ranges by the body's rule", {"percentile": "mse", "head_ranges": "same"}),
-    ("  + cross-layer range equalization", {"percentile": "mse", "equalize": True}),
+     {**_OLD, "percentile": 100.0, "float_sigmoid": False}),
+    ("mse ranges, int8 sigmoid, weight bias correction", {**_OLD, "percentile": "mse", "float_sigmoid": False}),
+    ("min/max ranges, float sigmoid, weight bias correction", {**_OLD, "percentile": 100.0}),
+    ("99.99 ranges, float sigmoid, weight bias correction", {**_OLD, "percentile": 99.99}),
+    ("mse ranges, float sigmoid, weight bias correction (previous default)", {**_OLD, "percentile": "mse"}),
+    ("  + empirical bias correction of linear convs", {**_OLD, "percentile": "mse", "bias_correction": "both"}),
+    ("  empirical instead of weight bias correction",
+     {**_OLD, "percentile": "mse", "bias_correction": "empirical"}),
+    ("  + head ranges by the body's rule", {**_OLD, "percentile": "mse", "head_ranges": "same"}),
+    ("  + cross-layer range equalization", {**_OLD, "percentile": "mse", "equalize": True}),
+    ("  + residual-stream equalization (alpha 1, gain <= 16)",
+     {**_OLD, "percentile": "mse", "residual_equalize": True, "residual_alpha": 1.0, "residual_max_gain": 16.0}),
+    ("  + residual-stream equalization (alpha 0.5, gain <= 8)",
+     {**_OLD, "percentile": "mse", "residual_equalize": True, "residual_alpha": 0.5, "residual_max_gain": 8.0}),
+    ("  + adaptive rounding of the off-grid weights", {**_OLD, "percentile": "mse", "weight_rounding": "adaptive"}),
+    ("  + input range by int8 round trip", {**_OLD, "percentile": "mse", "input_ranges": "roundtrip"}),
+    ("mse, adaptive rounding, input range by round trip (default)", {**_NEW, "percentile": "mse"}),
+    ("  + cross-layer range equalization", {**_NEW, "percentile": "mse", "equalize": True}),
+    ("  + residual-stream equalization (alpha 1, gain <= 16)",
+     {**_NEW, "percentile": "mse", "residual_equalize": True, "residual_alpha": 1.0, "residual_max_gain": 16.0}),
+    ("  + residual-stream equalization (alpha 0.5, gain <= 4)",
+     {**_NEW, "percentile": "mse", "residual_equalize": True, "residual_alpha": 0.5, "residual_max_gain": 4.0}),
+    ("99.99 ranges, adaptive rounding, input range by round trip", {**_NEW, "percentile": 99.99}),
 )
 
 
@@ -93,12 +112,12 @@ def ablation(src: Path, calib: Path, work: Path, threads: int) -> None:
     tfl.write_model(model, float_path)
     held_in = load_inputs(held, calibration_preprocessor(src))
     print(f"{len(cal)} calibration / {len(held)} held-out images; SNR dB on the held-out ones")
-    print(f"{'recipe':62s} {'mean':>6s} {'boxes_w':>7s} {'scores':>6s} {'logits':>6s}")
+    print(f"{'recipe':66s} {'mean':>6s} {'boxes_w':>7s} {'scores':>6s} {'logits':>6s}")
     for k, (name, kw) in enumerate(ABLATION):
         out = work / f"ablation_{k}.tflite"
         quantize_int8(src, out, cal, threads=threads, **kw)
         snr = head_snr(float_path, out, held_in, threads=threads)
-        print(f"{name:62s} {snr['mean']:6.2f} {snr['boxes_w']:7.2f} {snr['scores']:6.2f} {snr['logits']:6.2f}",
+        print(f"{name:66s} {snr['mean']:6.2f} {snr['boxes_w']:7.2f} {snr['scores']:6.2f} {snr['logits']:6.2f}",
               flush=True)
 
 
@@ -185,7 +204,10 @@ def main() -> int:
               f"{rep.repaired_channels} dead channels repaired"
               + (", score sigmoid before the postprocess op float" if census.get("float_score_sigmoid") else ""))
         print(f"recipe       bias correction {rep.recipe.get('bias_correction')} "
-              f"({rep.recipe.get('bias_corrected_layers')} layers), head ranges {rep.recipe.get('head_ranges')}")
+              f"({rep.recipe.get('bias_corrected_layers')} layers), head ranges {rep.recipe.get('head_ranges')}, "
+              f"weight rounding {rep.recipe.get('weight_rounding')} ({rep.recipe.get('rerounded_layers')} layers), "
+              f"input range {rep.recipe.get('input_ranges')}, residual streams equalized "
+              f"{rep.recipe.get('residual_streams')}")
         print(f"size         {src.stat().st_size / 1e6:.2f} MB -> {out.stat().st_size / 1e6:.2f} MB")
         print(f"invoke       {ms_src:.1f} ms -> {ms_q:.1f} ms  ({ms_src / ms_q:.2f}x, {args.threads} threads, "
               "one run, interleaved)")

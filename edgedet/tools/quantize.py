@@ -14,17 +14,23 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
    values (100 = plain min/max; ``"mse"`` = per tensor, each end of the range cut where the int8
    round trip of the pooled values has the least squared error). ``choose_percentile`` picks
    among candidates by the SNR of the raw head outputs against the float model on held-out
-   calibration images (``quantize_measure.head_snr``).
+   calibration images (``quantize_measure.head_snr``). The model's float input gets the range,
+   among its min/max widened by up to two int8 steps, whose round trip through int8 has the least
+   error (``input_range``: pixels normalized to [-1, 1] would otherwise all sit halfway between
+   two levels).
 4. ``ai-edge-quantizer`` static int8 (weights per channel, activations per tensor); the model
    inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges), and so
    does the LOGISTIC that turns the class logits into the op's scores (``float_sigmoid``): int8
    scores would come in 1/256 steps, which alone caps their SNR at ~17 dB on calibration frames.
 5. Repair: output channels whose weights are all (or nearly) zero get a ~1e-11 weight scale and
    an int32 bias that overflows; their scales and biases are recomputed from the float model.
-6. Bias correction (``quantize_bias``, ``bias_correction="weights"``): the mean output shift of
+6. Adaptive rounding (``quantize_round``, ``weight_rounding="adaptive"``): the weights that were
+   not already on their int8 grid (float layers of a hybrid source: its stem and first block) are
+   re-rounded to lower each layer's output error on the calibration images.
+7. Bias correction (``quantize_bias``, ``bias_correction="weights"``): the mean output shift of
    int8 weight rounding, ``(W_q - W) E[x]`` with ``E[x]`` measured in the int8 model, is taken
    out of every conv's int32 bias.
-7. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
+8. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
 """
 
 from __future__ import annotations
@@ -330,6 +336,46 @@ def _mse_range(pool: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     return min(a, 0.0), max(b, 0.0)
 
 
+INPUT_WIDENINGS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def roundtrip_mse(values: np.ndarray, lo: float, hi: float) -> float:
+    """Mean squared error of ``values`` through int8 QUANTIZE / DEQUANTIZE with the range
+    ``(lo, hi)`` as the int8 model will hold it: scale ``(hi - lo) / 255`` and an INTEGER zero
+    point, both rounded half away from zero."""
+    scale = (hi - lo) / 255.0
+    if scale <= 0:
+        return np.inf
+    zp = float(np.clip(_round_half_away(np.asarray(-128.0 - lo / scale)), -128, 127))
+    q = np.clip(_round_half_away(values / scale) + zp, -128, 127)
+    return float(np.mean((values - (q - zp) * scale) ** 2))
+
+
+def input_range(values: np.ndarray, lo: float, hi: float,
+                widenings: Sequence[float] = INPUT_WIDENINGS) -> tuple[float, float]:
+    """The range of a model input among ``(lo, hi)`` widened at one end by a fraction of a step
+    (``widenings``) with the least ``roundtrip_mse`` of ``values``.
+
+    Inputs normalized from 8-bit pixels, ``(p - 127.5) / 127.5``, sit exactly halfway between two
+    int8 levels of the range ``[-1, 1]`` (step ``2 / 255``, zero point ``-0.5`` rounded): every
+    pixel is off by half a step. A range a little wider puts the levels off the pixel grid, and
+    the error of the first convolution's input drops about threefold."""
+    step = (hi - lo) / 255.0
+    candidates = [(lo, hi + f * step) for f in widenings] + [(lo - f * step, hi) for f in widenings if f]
+    return min(candidates, key=lambda c: roundtrip_mse(values, *c))
+
+
+def _input_values(inputs: Sequence[np.ndarray], samples: int = 1 << 20, seed: int = 0) -> np.ndarray:
+    flat = np.concatenate([x.reshape(-1) for x in inputs]).astype(np.float64)
+    if flat.size > samples:
+        flat = flat[np.random.default_rng(seed).integers(0, flat.size, samples)]
+    return flat
+
+
 def collect_ranges(float_path, inputs: Sequence[np.ndarray], names: set, *,
                    percentile: Union[float, str] = 100.0, exact: set = frozenset(),
                    threads: Optional[int] = None, samples: int = 8192, seed: int = 0) -> dict:
@@ -550,13 +596,17 @@ def _sigmoid_inputs(model, score_names: set) -> set:
     return set(score_names) - sig_out
 
 HEAD_RANGES = ("minmax", "same")
+WEIGHT_ROUNDINGS = ("nearest", "adaptive")
+INPUT_RANGES = ("minmax", "roundtrip")
 
 
 def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = "mse",
                   threads: Optional[int] = None, head_ranges: str = "minmax",
                   bias_correction: str = "weights", bias_images: int = 64,
                   logit_floor: bool = True, float_sigmoid: bool = True,
-                  equalize: bool = False) -> QuantizeResult:
+                  equalize: bool = False, residual_equalize: bool = False,
+                  residual_alpha: float = 0.5, residual_max_gain: float = 8.0,
+                  weight_rounding: str = "adaptive", input_ranges: str = "roundtrip") -> QuantizeResult:
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
 
     ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
@@ -568,7 +618,9 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     LOGISTIC that turns class logits into the postprocess op's scores stays float (continuous
     scores instead of 1/256 steps; the logits are dequantized in front of it). ``equalize``:
     cross-layer range equalization of ReLU conv -> depthwise conv pairs first
-    (``edgedet.tools.quantize_cle``).
+    (``edgedet.tools.quantize_cle``). ``residual_equalize``: equalize the channels of the linear
+    bottlenecks' residual streams first (``edgedet.tools.quantize_residual``, factors
+    ``p_c ** residual_alpha``, narrow channels magnified ``residual_max_gain`` times at most).
     """
     import tempfile
 
@@ -578,6 +630,10 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         raise ConfigError(f"head ranges must be one of {', '.join(HEAD_RANGES)}, not {head_ranges!r}")
     if bias_correction not in BIAS_CORRECTIONS:
         raise ConfigError(f"bias correction must be one of {', '.join(BIAS_CORRECTIONS)}, not {bias_correction!r}")
+    if input_ranges not in INPUT_RANGES:
+        raise ConfigError(f"input ranges must be one of {', '.join(INPUT_RANGES)}, not {input_ranges!r}")
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ConfigError(f"weight rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, not {weight_rounding!r}")
     aeq = _require_aeq()
     t0 = time.perf_counter()
     model = tfl.read_model(src)
@@ -611,9 +667,24 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
             equalized = _equalize(model, float_path, inputs[::step][:bias_images], threads=threads)
             float_bytes = tfl.model_to_bytes(model)
             float_path.write_bytes(float_bytes)
+        streams = {"streams": 0}
+        if residual_equalize:
+            from .quantize_residual import equalize_streams
+
+            step = max(1, len(inputs) // max(1, bias_images))
+            streams = equalize_streams(model, float_path, inputs[::step][:bias_images], threads=threads,
+                                       alpha=residual_alpha, max_gain=residual_max_gain)
+            float_bytes = tfl.model_to_bytes(model)
+            float_path.write_bytes(float_bytes)
         template = _aeq_qsv_template(aeq, float_bytes, inputs[0], in_name, signature)
         ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile,
                                 exact=head if head_ranges == "minmax" else frozenset(), threads=threads)
+        if input_ranges == "roundtrip":
+            values = _input_values(inputs)
+            for i in model.subgraphs[0].inputs:
+                name = tfl.tensor_name(model.subgraphs[0].tensors[i])
+                if name in ranges:
+                    ranges[name] = input_range(values, *ranges[name])
         if logit_floor and sigmoid_logits:
             # an int8 LOGISTIC outputs multiples of 1/256: every logit below the floor gives 0,
             # so the logits' range need not reach lower (a finer step for the logits that matter)
@@ -638,12 +709,18 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         qpath.write_bytes(qbytes)
         qmodel = tfl.read_model(qpath)  # resolves offset buffers
         repaired = repair_dead_channels(qmodel, model)
+        step = max(1, len(inputs) // max(1, bias_images))
+        subset = inputs[::step][:bias_images]
+        rerounded = 0
+        if weight_rounding != "nearest":
+            from .quantize_round import round_layers
+
+            rerounded = round_layers(qmodel, model, float_path, subset, threads=threads,
+                                     centered=bias_correction != "none")
         corrected = 0
         if bias_correction != "none":
             from . import quantize_bias
 
-            step = max(1, len(inputs) // max(1, bias_images))
-            subset = inputs[::step][:bias_images]
             work = Path(tmp) / "bias.tflite"
             if bias_correction in ("weights", "both"):
                 corrected += quantize_bias.weight_error_correction(qmodel, model, subset, work, threads=threads)
@@ -665,6 +742,8 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
               "bias_correction": bias_correction, "bias_corrected_layers": corrected,
               "logit_floor": round(LOGIT_FLOOR, 3) if logit_floor and sigmoid_logits else None,
               "float_ops": list(float_ops), "equalized_pairs": equalized,
+              "residual_streams": streams["streams"], "weight_rounding": weight_rounding,
+              "rerounded_layers": rerounded, "input_ranges": input_ranges,
               "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version

@@ -113,6 +113,36 @@ def test_scores_are_continuous_and_head_close_to_float(int8_model, calib_images)
     assert head_snr(float_path, float_path, inputs[:1])["boxes"] > 200
 
 
+def test_off_grid_layers_rerounded_and_input_levels_off_the_pixel_grid(int8_model):
+    _, out, result = int8_model
+    # the source's only float convs (stem, first depthwise, first projection, second depthwise)
+    assert result.recipe["weight_rounding"] == "adaptive" and result.recipe["rerounded_layers"] == 4
+    assert result.recipe["input_ranges"] == "roundtrip"
+    model = tfl.read_model(out)
+    sg = model.subgraphs[0]
+    op = next(o for o in sg.operators if tfl.opcode_name(model, o.opcodeIndex) == "QUANTIZE"
+              and int(o.inputs[0]) == int(sg.inputs[0]))
+    q = sg.tensors[op.outputs[0]].quantization
+    scale, zp = float(q.scale[0]), int(q.zeroPoint[0])
+    pixels = (np.arange(256) - 127.5) / 127.5  # the model's normalization of 8-bit pixels
+    levels = np.clip(np.sign(pixels / scale) * np.floor(np.abs(pixels / scale) + 0.5) + zp, -128, 127)
+    err = np.mean((pixels - (levels - zp) * scale) ** 2) / (2 / 255) ** 2
+    assert err < 0.1  # 0.25 (half a step on every pixel) with the plain [-1, 1] range
+
+
+def test_input_range_moves_levels_off_a_half_step_grid():
+    from edgedet.tools.quantize import input_range, roundtrip_mse
+
+    pixels = (np.arange(256) - 127.5) / 127.5
+    assert roundtrip_mse(pixels, -1.0, 1.0) == pytest.approx(0.25 * (2 / 255) ** 2)
+    lo, hi = input_range(pixels, -1.0, 1.0)
+    assert lo == -1.0 and 1.0 < hi <= 1.0 + 2 * 2 / 255
+    assert roundtrip_mse(pixels, lo, hi) < 0.3 * roundtrip_mse(pixels, -1.0, 1.0)
+    # values already on the grid of their range keep it
+    grid = np.arange(-128, 128) / 100.0
+    assert input_range(grid, -1.28, 1.27) == (-1.28, 1.27)
+
+
 def test_weight_error_shift_per_layer_kind():
     """(W_q - W) E[x] per output channel for pointwise/3x3, depthwise and fully connected."""
     from edgedet.tools.quantize_bias import ConvLayer, weight_shift
@@ -137,6 +167,10 @@ def test_bad_recipe_names_are_config_errors(fpnlite_model, tmp_path, calib_image
         quantize_int8(fpnlite_model, tmp_path / "x.tflite", calib_images[:1], bias_correction="magic")
     with pytest.raises(ConfigError, match="head ranges"):
         quantize_int8(fpnlite_model, tmp_path / "x.tflite", calib_images[:1], head_ranges="tight")
+    with pytest.raises(ConfigError, match="weight rounding"):
+        quantize_int8(fpnlite_model, tmp_path / "x.tflite", calib_images[:1], weight_rounding="up")
+    with pytest.raises(ConfigError, match="input ranges"):
+        quantize_int8(fpnlite_model, tmp_path / "x.tflite", calib_images[:1], input_ranges="wide")
 
 
 def _iou(a, b):
