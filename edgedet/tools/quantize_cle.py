@@ -20,13 +20,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import tflite_file as tfl
+from .quantize_bias import _fused_activation as _fused
 
 _RELU, _RELU6 = 1, 3
-
-
-def _fused(op) -> int:
-    opts = op.builtinOptions
-    return int(getattr(opts, "fusedActivationFunction", 0) or 0) if opts is not None else 0
 
 
 def equalization_pairs(model) -> list:

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import tflite_file as tfl
+from .quantize_cle import _array, _fused, _store
 
 _NO_ACTIVATION = 0
 STREAM_READERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD")
@@ -48,11 +49,6 @@ class Stream:
     producers: list = field(default_factory=list)  # CONV_2D ops (ADDs are internal)
     readers: list = field(default_factory=list)  # (op, kind) of CONV_2D / DEPTHWISE_CONV_2D
     channels: int = 0
-
-
-def _fused(op) -> int:
-    opts = op.builtinOptions
-    return int(getattr(opts, "fusedActivationFunction", 0) or 0) if opts is not None else 0
 
 
 class _Graph:
@@ -182,12 +178,10 @@ def stream_scales(r: np.ndarray, *, alpha: float = 0.5, max_gain: float = 8.0) -
 
 
 def _scale(model, tensor, factors: np.ndarray, axis: int) -> None:
-    values = tfl.tensor_array(model, tensor).astype(np.float64)
+    values = _array(model, tensor)
     shape = [1] * values.ndim
     shape[axis] = factors.size
-    tfl.set_tensor_array(model, tensor, (values * factors.reshape(shape)).astype(np.float32))
-    model.buffers[tensor.buffer].offset = 0
-    model.buffers[tensor.buffer].size = 0
+    _store(model, tensor, values * factors.reshape(shape))
 
 
 def apply_scales(model, stream: Stream, s: np.ndarray) -> None:
