@@ -49,6 +49,9 @@ class ModelConfig:
     labels: Optional[str] = opt(None, "--labels", help="label file (one per line; default from the model sidecar)")
     threads: Optional[int] = opt(None, "--threads", min=1, max=64,
                                  help="interpreter threads (default: the big cores)")
+    workers: Optional[int] = opt(None, "--workers", min=1, max=64,
+                                 help="inference workers, each with its own interpreter, on different frames "
+                                      "(files only; default: one single-thread interpreter per thread)")
     score_threshold: float = opt(0.5, "--threshold", min=0.0, max=1.0, help="minimum score")
     iou_threshold: Optional[float] = opt(None, "--iou", min=0.0, max=1.0,
                                          help="NMS IoU (default: the model's own)")

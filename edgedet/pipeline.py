@@ -12,6 +12,13 @@ nothing is dropped, frames are preprocessed ahead in the capture thread (into a 
 preallocated input arrays), so the inference thread does nothing but invoke; when frames are
 dropped, only the frames that are inferred are preprocessed, in the inference thread.
 
+Inference workers: when every frame is processed, ``workers`` interpreters (replicas of the
+detector, ``Detector.replica``; by default one single-thread interpreter per interpreter thread)
+each invoke a different frame, side by side, and the decode thread puts their results back in
+capture order. Single-thread interpreters on different frames never wait for one another, where
+one interpreter with a thread on every core stalls all of them whenever another stage takes a
+core. Live sources (dropping) keep one interpreter with every thread: the lowest latency.
+
 Lifecycle: ``with Pipeline(...) as p: stats = p.run()``. Entering opens the source, then the
 sinks; leaving stops the threads and closes the sinks in reverse order, then the source. ``run``
 returns at the end of input, after ``max_frames`` results, on ``stop()``, on SIGINT/SIGTERM
@@ -58,6 +65,7 @@ class _Captured:
     """A frame between capture and inference (already prepared when ``prepare_early``)."""
 
     frame: Frame
+    seq: int
     prepared: Any = None
     preprocess_ms: float = 0.0
 
@@ -74,6 +82,7 @@ class _Work:
     """A frame between inference and decoding."""
 
     frame: Frame
+    seq: int
     prepared: Any
     raw: Any
     timings: dict
@@ -113,7 +122,8 @@ class Pipeline:
                  max_frames: Optional[int] = None, stats_interval: float = 0,
                  queue_size: int = 2, context: Optional[SinkContext] = None,
                  stats_stream: Optional[IO[str]] = None, overlay: Optional[Overlay] = None,
-                 handle_signals: bool = True, prepare_early: Optional[bool] = None) -> None:
+                 handle_signals: bool = True, prepare_early: Optional[bool] = None,
+                 workers: Optional[int] = None) -> None:
         self.source = source
         self.detector = detector
         self.sinks = list(sinks)
@@ -148,11 +158,31 @@ class Pipeline:
         # no sink reads the picture as captured: draw the overlay onto it instead of onto a copy
         self._draw_in_place = self._needs_annotated and not any(getattr(s, "reads_frame", True) for s in self.sinks)
         self._opencv_threads: Optional[int] = None
+        self._interp_threads = max(1, int(getattr(getattr(detector, "info", None), "threads", 1) or 1))
+        self.workers = self._worker_count(workers)
+        self.threads_per_worker = (self._interp_threads if self.workers == 1
+                                   else max(1, self._interp_threads // self.workers))
+        self._infer_detectors: list = []
+        self._infer_running = 0
+        self._infer_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def _worker_count(self, workers: Optional[int]) -> int:
+        """Inference workers: several only when every frame is processed (frames finish out of
+        order and are put back in order) and the detector can be replicated."""
+        if self.drop or not callable(getattr(self.detector, "replica", None)):
+            return 1
+        if workers is None:
+            workers = self._interp_threads
+        return max(1, int(workers))
+
     def __enter__(self) -> Pipeline:
         self._limit_opencv()
         try:
+            if self.workers > 1:
+                self._infer_detectors = [self.detector.replica(self.threads_per_worker) for _ in range(self.workers)]
+            else:
+                self._infer_detectors = [self.detector]
             self.source.open()
             self._source_open = True
             if self.context is not None:
@@ -179,9 +209,9 @@ class Pipeline:
         self._close_all()
 
     def _limit_opencv(self) -> None:
-        """OpenCV's own thread pool (resize, colour, drawing) only competes with the interpreter when
-        the interpreter already has a thread on every core: run OpenCV single-threaded then
-        (restored when the pipeline closes)."""
+        """OpenCV's own thread pool (resize, colour, drawing) and the video decoder's threads only
+        compete with the interpreter when the interpreter already has a thread on every core: run
+        them single-threaded then (OpenCV's pool is restored when the pipeline closes)."""
         threads = getattr(getattr(self.detector, "info", None), "threads", None)
         if not threads:
             return
@@ -189,6 +219,8 @@ class Pipeline:
 
         if int(threads) >= len(available_cores()):
             self._opencv_threads = limit_opencv_threads(1)
+            if hasattr(self.source, "decoder_threads") and self.source.decoder_threads is None:
+                self.source.decoder_threads = 1
 
     def _close_all(self) -> None:
         if self._opencv_threads is not None:
@@ -245,12 +277,14 @@ class Pipeline:
         self._install_signals()
         try:
             self.stats.start()
-            stages: list[tuple[str, Callable[[], None]]] = [
-                ("capture", self._capture_loop), ("infer", self._infer_loop),
-                ("decode", self._decode_loop), ("output", self._output_loop),
-            ]
-            for name, target in stages:
-                thread = threading.Thread(target=self._guard, args=(target,), name=f"edgedet-{name}", daemon=True)
+            dets = self._infer_detectors or [self.detector]
+            self._infer_running = len(dets)
+            stages: list[tuple[str, Callable[..., None], tuple]] = [("capture", self._capture_loop, ())]
+            stages += [(f"infer{i}" if len(dets) > 1 else "infer", self._infer_loop, (d,)) for i, d in enumerate(dets)]
+            stages += [("decode", self._decode_loop, ()), ("output", self._output_loop, ())]
+            for name, target, args in stages:
+                thread = threading.Thread(target=self._guard, args=(target, *args), name=f"edgedet-{name}",
+                                          daemon=True)
                 self._threads.append(thread)
                 thread.start()
             next_report = time.monotonic() + self.stats_interval if self.stats_interval > 0 else None
@@ -297,9 +331,9 @@ class Pipeline:
         if alive:
             log.warning("stage threads still running after stop: %s", ", ".join(alive))
 
-    def _guard(self, target: Callable[[], None]) -> None:
+    def _guard(self, target: Callable[..., None], *args) -> None:
         try:
-            target()
+            target(*args)
         except StopRequested:  # the user closed the window: what is in flight is not wanted
             self.stop("stop requested by a sink")
             self._abort()
@@ -312,7 +346,7 @@ class Pipeline:
         limit = self.max_frames if not self.drop else None
         early = self.prepare_early
         ring: list = []  # preallocated copies of the model input, one per frame that can be in flight
-        ring_size = getattr(out, "maxsize", 1) + 2
+        ring_size = getattr(out, "maxsize", 1) + len(self._infer_detectors or [det]) + 1
         k = 0
         clock = time.perf_counter
         try:
@@ -324,7 +358,7 @@ class Pipeline:
                     break
                 stats.add("capture", (clock() - t0) * 1000.0)
                 stats.captured += 1
-                item = _Captured(frame)
+                item = _Captured(frame, stats.captured - 1)
                 if early:
                     t1 = clock()
                     prepared = det.prepare(*_model_image(frame))
@@ -346,8 +380,8 @@ class Pipeline:
         finally:
             out.close()
 
-    def _infer_loop(self) -> None:
-        det, stats, src, out = self.detector, self.stats, self.to_infer, self.to_decode
+    def _infer_loop(self, det) -> None:
+        stats, src, out = self.stats, self.to_infer, self.to_decode
         clock = time.perf_counter
         try:
             while True:
@@ -372,20 +406,36 @@ class Pipeline:
                 }
                 stats.add("preprocess", timings["preprocess"])
                 stats.add("invoke", timings["invoke"])
-                if not out.put(_Work(frame, prepared, raw, timings)):
+                if not out.put(_Work(frame, item.seq, prepared, raw, timings)):
                     break
         finally:
-            out.close()
+            with self._infer_lock:
+                self._infer_running -= 1
+                last = self._infer_running <= 0
+            if last:
+                out.close()
 
     def _decode_loop(self) -> None:
         det, stats, src, out, labels = self.detector, self.stats, self.to_decode, self.to_output, self.labels
         clock = time.perf_counter
+        pending: dict[int, _Work] = {}  # several workers: results that overtook an earlier frame
+        next_seq = 0
         try:
             while True:
-                try:
-                    work = src.get()
-                except Closed:
-                    break
+                if next_seq in pending:
+                    work = pending.pop(next_seq)
+                else:
+                    try:
+                        work = src.get()
+                    except Closed:
+                        if not pending:
+                            break
+                        next_seq = min(pending)  # an earlier frame was lost to an abort
+                        continue
+                    if work.seq != next_seq and self.workers > 1:
+                        pending[work.seq] = work
+                        continue
+                next_seq = work.seq + 1
                 t0 = clock()
                 dets: Detections = det.decode(work.raw, work.prepared)
                 frame = work.frame
@@ -517,10 +567,11 @@ def run_from_config(cfg: Config, *, stats_stream: Optional[IO[str]] = None) -> d
     sinks = build_sinks(cfg, ctx)
     stream = stats_stream or sys.stderr
     pipeline = Pipeline(source, detector, sinks, drop=drop, max_frames=cfg.source.max_frames,
-                        stats_interval=cfg.output.stats, context=ctx, stats_stream=stream)
+                        stats_interval=cfg.output.stats, context=ctx, stats_stream=stream,
+                        workers=cfg.model.workers)
     with pipeline:
-        log.info("running %s on %s (%s)", model_name, source.name,
-                 "newest frame only" if drop else "every frame")
+        log.info("running %s on %s (%s; %d inference worker(s) x %d thread(s))", model_name, source.name,
+                 "newest frame only" if drop else "every frame", pipeline.workers, pipeline.threads_per_worker)
         snap = pipeline.run()
     snap["stop_reason"] = pipeline.stop_reason
     try:

@@ -109,6 +109,18 @@ def test_prepare_infer_and_decode_in_two_threads(v1, pedestrians_video):
         np.testing.assert_array_equal(a.class_ids, b.class_ids)
 
 
+def test_replica_detects_the_same_with_its_own_interpreter(v1_model, coco_labels, hopper):
+    det = Detector.from_path(v1_model, threads=2, labels=coco_labels, score_threshold=0.3, classes=["person", "tie"])
+    twin = det.replica(1)
+    assert twin.interpreter is not det.interpreter and twin.info.threads == 1
+    assert twin.labels == det.labels and twin.score_threshold == det.score_threshold
+    a, b = det.detect(hopper), twin.detect(hopper)
+    assert len(a) > 0 and {coco_labels.read_text().splitlines()[c] for c in a.class_ids} <= {"person", "tie"}
+    np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+
+
 def test_classes_filter_and_max_detections(v1_model, coco_labels, hopper):
     ties = Detector.from_path(v1_model, threads=1, labels=coco_labels, classes=["tie"], score_threshold=0.3)
     dets = ties.detect(hopper)

@@ -15,6 +15,8 @@ import click
               help="video file or image folder: frames to measure on, and the pipeline fps")
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
               help="interpreter threads (default: the big cores); with --sweep the highest count")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="pipeline inference workers (default: one single-thread interpreter per thread)")
 @click.option("--runs", type=click.IntRange(1, 100000), default=50, show_default=True, help="timed invokes")
 @click.option("--warmup", type=click.IntRange(0, 1000), default=5, show_default=True, help="untimed invokes first")
 @click.option("--frames", type=click.IntRange(1, 1000000), default=200, show_default=True,
@@ -27,7 +29,7 @@ import click
 @click.option("--sweep", type=click.Choice(["threads"]), default=None,
               help="also measure 1..N interpreter threads (N = --threads or the number of cores)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as one JSON object")
-def command(model, source, threads, runs, warmup, frames, postprocess, labels, opencv_threads, sweep, as_json):
+def command(model, source, threads, workers, runs, warmup, frames, postprocess, labels, opencv_threads, sweep, as_json):
     """Measure a model here: invoke, preprocess, decode+NMS (ours and the op's), pipeline fps.
 
     \b
@@ -46,8 +48,8 @@ def command(model, source, threads, runs, warmup, frames, postprocess, labels, o
         from ..cpu import available_cores
 
         sweep_n = threads or len(available_cores())
-    settings = BenchSettings(model=model, source=source, threads=threads, runs=runs, warmup=warmup, frames=frames,
-                             postprocess=postprocess, labels=labels, opencv_threads=opencv_threads,
+    settings = BenchSettings(model=model, source=source, threads=threads, workers=workers, runs=runs, warmup=warmup,
+                             frames=frames, postprocess=postprocess, labels=labels, opencv_threads=opencv_threads,
                              sweep_threads=sweep_n)
 
     def progress(msg: str) -> None:

@@ -25,6 +25,8 @@ class CaptureSource:
     """Frames from one ``cv2.VideoCapture`` target (index, device, file or URL).
 
     ``name`` is printed in errors and stats (pass it with credentials masked).
+    ``decoder_threads`` (set before ``open``) caps the FFmpeg decoder's threads; None leaves
+    OpenCV's default (one per core).
     """
 
     live = False
@@ -43,9 +45,12 @@ class CaptureSource:
         self._cap: Optional[cv2.VideoCapture] = None
         self._index = 0
         self._read_failures = 0
+        self.decoder_threads: Optional[int] = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def _open_capture(self) -> cv2.VideoCapture:
+        if self.decoder_threads and hasattr(cv2, "CAP_PROP_N_THREADS"):
+            return cv2.VideoCapture(self.target, self.backend, [cv2.CAP_PROP_N_THREADS, int(self.decoder_threads)])
         return cv2.VideoCapture(self.target, self.backend)
 
     def _configure(self, cap: cv2.VideoCapture) -> None:

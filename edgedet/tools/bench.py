@@ -37,6 +37,7 @@ class BenchSettings:
     model: str
     source: Optional[str] = None
     threads: Optional[int] = None
+    workers: Optional[int] = None  # pipeline inference workers (None: the pipeline's default)
     runs: int = 50
     warmup: int = 5
     frames: int = 200  # pipeline frames
@@ -154,17 +155,18 @@ def _measure_pair(a, b, frames: list, runs: int, warmup: int, block: int = 5) ->
     return out_a, out_b, diffs
 
 
-def pipeline_fps(det, source: str, frames: int) -> dict:
+def pipeline_fps(det, source: str, frames: int, workers: Optional[int] = None) -> dict:
     """Run the real pipeline (no sinks, no dropping) on ``source`` for ``frames`` frames."""
     from ..pipeline import Pipeline
     from ..sources import open_source
 
     src = open_source(_source_config(source, loop=True), lores_size=tuple(det.input_size))
-    pipe = Pipeline(src, det, [], drop=False, max_frames=int(frames), handle_signals=False)
+    pipe = Pipeline(src, det, [], drop=False, max_frames=int(frames), handle_signals=False, workers=workers)
     with pipe:
         snap = pipe.run()
     stages = {k: v for k, v in snap["stages_ms"].items() if v.get("n")}
-    return {"fps": snap["fps"]["processed"], "frames": snap["frames"]["processed"],
+    return {"fps": snap["fps"]["processed"], "frames": snap["frames"]["processed"], "workers": pipe.workers,
+            "threads_per_worker": pipe.threads_per_worker,
             "elapsed_s": snap["elapsed_s"], "stages_ms": stages}
 
 
@@ -222,7 +224,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
 
     if settings.source is not None:
         progress(f"pipeline on {frames_name}: {settings.frames} frames")
-        pipe = pipeline_fps(main, settings.source, settings.frames)
+        pipe = pipeline_fps(main, settings.source, settings.frames, settings.workers)
         report["pipeline"] = pipe
         report["pipeline_vs_invoke"] = round(pipe["fps"] / invoke_rate, 3) if invoke_rate else None
     else:
@@ -237,7 +239,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
             m = _measure(det, frames, settings.runs, settings.warmup)
             row = {"threads": t, "invoke_ms": summarize(m["invoke"])}
             if settings.source is not None:
-                row["pipeline_fps"] = pipeline_fps(det, settings.source, settings.frames)["fps"]
+                row["pipeline_fps"] = pipeline_fps(det, settings.source, settings.frames, settings.workers)["fps"]
             rows.append(row)
         report["sweep"] = rows
     return report
@@ -277,7 +279,8 @@ def format_report(r: dict) -> str:
         lines.append(f"raw invoke rate: {r['invoke_rate']:.1f}/s")
     p = r.get("pipeline")
     if p:
-        lines.append(f"pipeline: {p['fps']:.1f} fps over {p['frames']} frames (no sinks, no drop); "
+        lines.append(f"pipeline: {p['fps']:.1f} fps over {p['frames']} frames (no sinks, no drop, "
+                     f"{p['workers']} inference worker(s) x {p['threads_per_worker']} thread(s)); "
                      f"pipeline / raw invoke rate = {r['pipeline_vs_invoke']:.2f}")
         lines.append("  pipeline stages ms p50/p95: " + "  ".join(
             f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in p["stages_ms"].items()))

@@ -64,6 +64,18 @@ def test_max_frames_events_record_stats(tmp_path, run_env, pedestrians_video):
     assert "fps in" in p.stderr and "frame age at output" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_several_inference_workers_give_the_same_events_as_one(tmp_path, run_env, pedestrians_video):
+    runs = {}
+    for workers in (1, 2, 3):
+        ev = tmp_path / f"e{workers}.jsonl"
+        p = _edgedet(["--source", pedestrians_video, "--headless", "--events", ev, "--max-frames", 60,
+                      "--threads", 2, "--workers", workers], run_env)
+        assert p.returncode == 0, p.stderr
+        runs[workers] = [(e["frame"], e["detections"]) for e in _jsonl(ev)]
+    assert [f for f, _ in runs[1]] == list(range(60))
+    assert runs[2] == runs[1] and runs[3] == runs[1]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_cleanly_with_playable_recording(tmp_path, run_env, pedestrians_video, sig):
     ev, rec = tmp_path / "e.jsonl", tmp_path / "o.mp4"

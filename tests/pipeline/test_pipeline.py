@@ -207,10 +207,83 @@ def test_opencv_runs_single_threaded_only_while_the_interpreter_fills_every_core
         det = StandinDetector()
         det.info = type("Info", (), {"threads": threads})()
         sink = Seen()
-        with Pipeline(SyntheticSource(n=2), det, [sink], drop=False) as p:
+        src = SyntheticSource(n=2)
+        src.decoder_threads = None
+        with Pipeline(src, det, [sink], drop=False) as p:
             p.run()
         assert sink.results == [expected, expected]
         assert cv2.getNumThreads() == before
+        # and the video decoder does not start a thread per core either
+        assert src.decoder_threads == (1 if expected == 1 else None)
+
+
+class ReplicableStandin(StandinDetector):
+    """A stand-in that can be replicated; each worker sleeps a different time per frame, so frames
+    finish out of order."""
+
+    def __init__(self, threads=4, infer_s=0.0, seed=0):
+        super().__init__(infer_s=infer_s)
+        self.info = type("Info", (), {"threads": threads})()
+        self.replicas = []
+        self.rng = np.random.default_rng(seed)
+
+    def replica(self, threads):
+        twin = ReplicableStandin(threads, seed=len(self.replicas) + 1)
+        self.replicas.append(twin)
+        return twin
+
+    def infer(self, prepared):
+        time.sleep(float(self.rng.uniform(0, 0.004)))
+        return super().infer(prepared)
+
+
+def test_workers_infer_frames_side_by_side_and_results_come_out_in_order(tmp_path):
+    det = ReplicableStandin(threads=4)
+    sink = Collect()
+    events = tmp_path / "e.jsonl"
+    ev = EventsSink(str(events))
+    with Pipeline(SyntheticSource(n=200, live=False), det, [sink, ev], drop=False) as p:
+        assert (p.workers, p.threads_per_worker) == (4, 1)
+        snap = p.run()
+    assert [r.frame.index for r in sink.results] == list(range(200))
+    assert [json.loads(line)["frame"] for line in events.read_text().splitlines()] == list(range(200))
+    assert snap["frames"] == {"captured": 200, "processed": 200, "output": 200}
+    assert len(det.replicas) == 4 and all(r.calls > 0 for r in det.replicas)
+    assert det.calls == 0  # the replicas do the inference
+    assert sum(r.calls for r in det.replicas) == 200
+
+
+def test_workers_setting_and_live_sources_keep_one_interpreter():
+    det = ReplicableStandin(threads=4)
+    with Pipeline(SyntheticSource(n=5, live=False), det, [], drop=False, workers=2) as p:
+        assert (p.workers, p.threads_per_worker) == (2, 2)
+        p.run()
+    assert [r_.info.threads for r_ in det.replicas] == [2, 2]
+    det = ReplicableStandin(threads=4)
+    with Pipeline(SyntheticSource(n=5), det, [], drop=True, workers=3) as p:
+        assert (p.workers, p.threads_per_worker) == (1, 4)  # newest frame only: latency first
+        p.run()
+    assert det.replicas == [] and det.calls > 0
+    with Pipeline(SyntheticSource(n=5, live=False), StandinDetector(), [], drop=False, workers=3) as p:
+        assert p.workers == 1  # a detector that cannot be replicated
+
+
+def test_workers_stop_cleanly_on_max_frames_and_on_errors(pedestrians_video):
+    sink = Collect()
+    with Pipeline(VideoFileSource(pedestrians_video), ReplicableStandin(threads=2), [sink], drop=False,
+                  max_frames=33) as p:
+        snap = p.run()
+    assert [r.frame.index for r in sink.results] == list(range(33)) and snap["frames"]["output"] == 33
+
+    class Failing(ReplicableStandin):
+        def replica(self, threads):
+            twin = super().replica(threads)
+            twin.fail_at = 5
+            return twin
+
+    with pytest.raises(RuntimeError, match="stand-in failure"):
+        with Pipeline(SyntheticSource(n=100, live=False), Failing(threads=2), [Collect()], drop=False) as p:
+            p.run()
 
 
 def test_lores_frames_are_detected_on_lores_and_mapped_to_main():

@@ -26,7 +26,15 @@ def test_bench_json_on_the_op_model_and_a_video(v1_model, pedestrians_video):
     assert r["pipeline"]["frames"] == 12 and r["pipeline"]["fps"] > 0
     assert {"capture", "preprocess", "invoke", "decode"} <= set(r["pipeline"]["stages_ms"])
     assert r["pipeline_vs_invoke"] == round(r["pipeline"]["fps"] / r["invoke_rate"], 3)
+    assert (r["pipeline"]["workers"], r["pipeline"]["threads_per_worker"]) == (2, 1)  # a file: frames side by side
     assert "Traceback" not in res.stderr
+
+
+def test_bench_pipeline_with_one_interpreter(v1_model, pedestrians_video):
+    res = edgedet("bench", "--model", str(v1_model), "--source", str(pedestrians_video), "--runs", "3",
+                  "--warmup", "1", "--frames", "8", "--threads", "2", "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    assert "1 inference worker(s) x 2 thread(s)" in res.stdout
 
 
 def test_bench_text_with_a_thread_sweep(v1_model, pedestrians_video):
