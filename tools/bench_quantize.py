@@ -14,6 +14,7 @@
 
     python tools/bench_quantize.py [--threads 2] [--work /tmp/edgedet-bench-quantize] [--json]
     python tools/bench_quantize.py --ablation     # recipe variants, held-out calibration SNR only
+    python tools/bench_quantize.py --ablation --rows 15,20 --agreement   # some rows, + pseudo mAP / F1
 
 Exit status 0 when all three targets hold: every conv int8, mAP within 1.0 point of the
 source, invoke at least 1.5x faster.
@@ -94,15 +95,34 @@ ABLATION = (
     ("  + residual-stream equalization (alpha 0.5, gain <= 4)",
      {**_NEW, "percentile": "mse", "residual_equalize": True, "residual_alpha": 0.5, "residual_max_gain": 4.0}),
     ("99.99 ranges, adaptive rounding, input range by round trip", {**_NEW, "percentile": 99.99}),
+    ("  + compensating rounding (conv depth <= 0.8 of the deepest)",
+     {**_NEW, "percentile": "mse", "weight_rounding": "compensate"}),
+    ("  + compensating rounding of every layer",
+     {**_NEW, "percentile": "mse", "weight_rounding": "compensate", "rounding_depth": 1.0}),
+    ("  + compensating rounding (depth <= 0.8), |q - nearest| <= 2",
+     {**_NEW, "percentile": "mse", "weight_rounding": "compensate", "rounding_max_move": 2}),
+    ("  + compensating rounding (depth <= 0.6)",
+     {**_NEW, "percentile": "mse", "weight_rounding": "compensate", "rounding_depth": 0.6}),
 )
 
 
-def ablation(src: Path, calib: Path, work: Path, threads: int) -> None:
-    """Each recipe of ``ABLATION`` calibrated on 75% of the set, measured on the held-out 25%:
-    SNR (dB) of the raw head outputs against the float model (no evaluation images)."""
+def ablation(src: Path, calib: Path, work: Path, threads: int, rows=None, agreement: bool = False) -> None:
+    """Each recipe of ``ABLATION`` (or the ``rows`` indices of it) calibrated on 75% of the set,
+    measured on the held-out 25%: SNR (dB) of the raw head outputs against the float model and,
+    with ``agreement``, the pseudo mAP / AP50 and detection F1 against the source (no evaluation
+    images)."""
     from edgedet import tflite_file as tfl
+    from edgedet.sidecar import update_sidecar
     from edgedet.tools.calibration import load_calibration_set
-    from edgedet.tools.quantize import calibration_preprocessor, load_inputs, prepare_float_model, quantize_int8
+    from edgedet.tools.quantize import (
+        calibration_preprocessor,
+        compare_models,
+        copy_sidecar,
+        load_inputs,
+        prepare_float_model,
+        pseudo_map,
+        quantize_int8,
+    )
     from edgedet.tools.quantize_measure import head_snr
 
     cal, held = load_calibration_set(calib).split()
@@ -112,13 +132,26 @@ def ablation(src: Path, calib: Path, work: Path, threads: int) -> None:
     tfl.write_model(model, float_path)
     held_in = load_inputs(held, calibration_preprocessor(src))
     print(f"{len(cal)} calibration / {len(held)} held-out images; SNR dB on the held-out ones")
-    print(f"{'recipe':66s} {'mean':>6s} {'boxes_w':>7s} {'scores':>6s} {'logits':>6s}")
+    print(f"{'recipe':66s} {'mean':>6s} {'boxes_w':>7s} {'scores':>6s} {'logits':>6s} {'seconds':>7s}"
+          + (f" {'pmAP':>5s} {'pAP50':>5s} {'F1':>5s}" if agreement else ""))
     for k, (name, kw) in enumerate(ABLATION):
+        if rows is not None and k not in rows:
+            continue
         out = work / f"ablation_{k}.tflite"
-        quantize_int8(src, out, cal, threads=threads, **kw)
+        t0 = time.perf_counter()
+        result = quantize_int8(src, out, cal, threads=threads, **kw)
+        seconds = time.perf_counter() - t0
         snr = head_snr(float_path, out, held_in, threads=threads)
-        print(f"{name:66s} {snr['mean']:6.2f} {snr['boxes_w']:7.2f} {snr['scores']:6.2f} {snr['logits']:6.2f}",
-              flush=True)
+        line = (f"{name:66s} {snr['mean']:6.2f} {snr['boxes_w']:7.2f} {snr['scores']:6.2f} {snr['logits']:6.2f} "
+                f"{seconds:7.0f}")
+        if agreement:
+            copy_sidecar(src, out)
+            if result.sidecar:
+                update_sidecar(out, **result.sidecar)
+            pm = pseudo_map(src, out, held, threads=threads)
+            f1 = compare_models(src, out, held, threads=threads)["f1"]
+            line += f" {pm['pseudo_mAP'] * 100:5.1f} {pm['pseudo_AP50'] * 100:5.1f} {f1:5.3f}"
+        print(line, flush=True)
 
 
 def main() -> int:
@@ -131,6 +164,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--ablation", action="store_true", help="compare recipe variants on held-out calibration "
                     "images (head SNR against the float model) instead of the end-to-end measure")
+    ap.add_argument("--rows", default=None, help="with --ablation: comma-separated row indices of ABLATION")
+    ap.add_argument("--agreement", action="store_true", help="with --ablation: also the pseudo mAP and "
+                    "detection F1 against the source on the held-out calibration images")
     args = ap.parse_args()
 
     from edgedet.tools.calibration import build_calibration_set
@@ -156,7 +192,8 @@ def main() -> int:
     cs = build_calibration_set([str(s) for s in sources], calib, num=args.num_calib)
     print(f"calibration set: {len(cs)} images in {calib} (sha256 {cs.hash[:12]})", file=sys.stderr)
     if args.ablation:
-        ablation(src, calib, work, args.threads)
+        rows = None if args.rows is None else {int(r) for r in args.rows.split(",")}
+        ablation(src, calib, work, args.threads, rows, args.agreement)
         return 0
 
     rep = convert(src, out, quantize="int8", calibration=calib, percentile=args.percentile, threads=args.threads,

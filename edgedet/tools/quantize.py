@@ -27,6 +27,9 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
 6. Adaptive rounding (``quantize_round``, ``weight_rounding="adaptive"``): the weights that were
    not already on their int8 grid (float layers of a hybrid source: its stem and first block) are
    re-rounded to lower each layer's output error on the calibration images.
+   ``weight_rounding="compensate"``: every layer up to ``rounding_depth`` of the deepest conv
+   depth is re-rounded (within ``rounding_max_move`` of nearest) against the int8 model's own
+   inputs, to also absorb the activation error upstream (``quantize_round.compensate_layers``).
 7. Bias correction (``quantize_bias``, ``bias_correction="weights"``): the mean output shift of
    int8 weight rounding, ``(W_q - W) E[x]`` with ``E[x]`` measured in the int8 model, is taken
    out of every conv's int32 bias.
@@ -596,7 +599,7 @@ def _sigmoid_inputs(model, score_names: set) -> set:
     return set(score_names) - sig_out
 
 HEAD_RANGES = ("minmax", "same")
-WEIGHT_ROUNDINGS = ("nearest", "adaptive")
+WEIGHT_ROUNDINGS = ("nearest", "adaptive", "compensate")
 INPUT_RANGES = ("minmax", "roundtrip")
 
 
@@ -606,7 +609,9 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
                   logit_floor: bool = True, float_sigmoid: bool = True,
                   equalize: bool = False, residual_equalize: bool = False,
                   residual_alpha: float = 0.5, residual_max_gain: float = 8.0,
-                  weight_rounding: str = "adaptive", input_ranges: str = "roundtrip") -> QuantizeResult:
+                  weight_rounding: str = "adaptive", input_ranges: str = "roundtrip",
+                  rounding_max_move: Optional[int] = 1, rounding_depth: float = 0.8,
+                  rounding_images: int = 32) -> QuantizeResult:
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
 
     ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
@@ -621,6 +626,10 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     (``edgedet.tools.quantize_cle``). ``residual_equalize``: equalize the channels of the linear
     bottlenecks' residual streams first (``edgedet.tools.quantize_residual``, factors
     ``p_c ** residual_alpha``, narrow channels magnified ``residual_max_gain`` times at most).
+    ``weight_rounding``: "nearest", "adaptive" (the off-grid weights, on float input statistics)
+    or "compensate" (the layers up to ``rounding_depth`` times the deepest conv depth, against
+    the int8 model's inputs, integer weights within ``rounding_max_move`` of nearest rounding,
+    on ``rounding_images`` of the calibration images; see ``quantize_round.compensate_layers``).
     """
     import tempfile
 
@@ -712,18 +721,35 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
         step = max(1, len(inputs) // max(1, bias_images))
         subset = inputs[::step][:bias_images]
         rerounded = 0
-        if weight_rounding != "nearest":
+        corrected = 0
+        compensated: set = set()
+        work = Path(tmp) / "bias.tflite"
+        if weight_rounding == "adaptive":
             from .quantize_round import round_layers
 
             rerounded = round_layers(qmodel, model, float_path, subset, threads=threads,
                                      centered=bias_correction != "none")
-        corrected = 0
+        elif weight_rounding == "compensate":
+            from .quantize_round import compensate_layers, conv_depths
+
+            weight_bias = bias_correction in ("weights", "both")
+            cstep = max(1, len(inputs) // max(1, rounding_images))
+            max_depth = int(rounding_depth * max(conv_depths(qmodel).values()))
+            done = compensate_layers(qmodel, model, float_path, inputs[::cstep][:rounding_images], work,
+                                     threads=threads, centered=bias_correction != "none",
+                                     correct_bias=weight_bias, max_move=rounding_max_move,
+                                     max_depth=max_depth)
+            rerounded = len(done)
+            compensated = {la.op_index for la in done}
+            corrected += len(done) if weight_bias else 0
         if bias_correction != "none":
             from . import quantize_bias
 
-            work = Path(tmp) / "bias.tflite"
             if bias_correction in ("weights", "both"):
-                corrected += quantize_bias.weight_error_correction(qmodel, model, subset, work, threads=threads)
+                rest = [la for la in quantize_bias.conv_layers(qmodel, model) if la.op_index not in compensated]
+                if rest:
+                    corrected += quantize_bias.weight_error_correction(qmodel, model, subset, work,
+                                                                       threads=threads, layers=rest)
             if bias_correction in ("empirical", "both"):
                 corrected += quantize_bias.empirical_correction(qmodel, model, float_path, subset, work,
                                                                 threads=threads)

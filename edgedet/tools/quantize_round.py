@@ -12,6 +12,15 @@ Only layers whose float weights are not already on their int8 grid are touched: 
 converted from int8 hybrid weights has most layers on it exactly (nothing to gain) and a few
 small float ones (e.g. the stem and the first inverted-residual block), where the rounding error
 is large and feeds every later layer.
+
+``compensate_layers`` (error-compensating rounding) goes further, on every layer: the int8 model's
+own inputs ``x_hat`` differ from the float model's ``x`` (activation rounding upstream), and the
+integer weights can absorb part of that. Per output channel it lowers
+``E[(s q . x_hat - w . x)^2] = (s q)^T H (s q) - 2 (s q)^T C w + const`` with ``H = E[x_hat x_hat^T]``
+and ``C = E[x_hat x^T]`` (covariances when bias correction takes care of the mean: the output
+mean left after it, ``w (E[x_hat] - E[x])``, does not depend on ``q``), by the same greedy +-1
+search. Layers go in order of conv depth, one pass of the int8 model per depth, so that each
+layer sees the inputs of the layers already re-rounded and bias-corrected.
 """
 
 from __future__ import annotations
@@ -77,24 +86,40 @@ def output_size(x_shape, win: Window) -> int:
 
 class PatchMoments:
     """Running first and second moments of a layer's input patches: one ``[d, d]`` matrix for a
-    CONV_2D (``d = kh * kw * C``), one ``[kh * kw, kh * kw]`` per channel for a depthwise conv."""
+    CONV_2D (``d = kh * kw * C``), one ``[kh * kw, kh * kw]`` per channel for a depthwise conv.
+
+    With ``ref`` patches given to ``add`` (the float model's patches at the same positions, the
+    added ones being the int8 model's), the cross moments ``E[x_hat x^T]`` are kept too."""
 
     def __init__(self, depthwise: bool):
         self.depthwise = depthwise
         self.n = 0
         self.s1: Optional[np.ndarray] = None
         self.s2: Optional[np.ndarray] = None
+        self.r1: Optional[np.ndarray] = None
+        self.s12: Optional[np.ndarray] = None
 
-    def add(self, p: np.ndarray) -> None:
+    def _flat(self, p: np.ndarray) -> np.ndarray:
         p = p.astype(np.float64)
+        return p.reshape(p.shape[0], -1, p.shape[-1]) if self.depthwise else p.reshape(p.shape[0], -1)
+
+    def _sums(self, p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.depthwise:  # [N, kh*kw, C]
-            p = p.reshape(p.shape[0], -1, p.shape[-1])
-            s1, s2 = p.sum(0).T, np.einsum("nic,njc->cij", p, p)
-        else:
-            p = p.reshape(p.shape[0], -1)
-            s1, s2 = p.sum(0), p.T @ p
+            return p.sum(0).T, np.einsum("nic,njc->cij", p, r)
+        return p.sum(0), p.T @ r
+
+    def add(self, p: np.ndarray, ref: Optional[np.ndarray] = None) -> None:
+        """Accumulate patches ``p`` (``[N, kh, kw, C]``) and, when given, the cross moments with
+        ``ref`` (same shape, same positions)."""
+        p = self._flat(p)
+        s1, s2 = self._sums(p, p)
         self.s1 = s1 if self.s1 is None else self.s1 + s1
         self.s2 = s2 if self.s2 is None else self.s2 + s2
+        if ref is not None:
+            r = self._flat(ref)
+            r1, s12 = self._sums(r, r)[0], self._sums(p, r)[1]
+            self.r1 = r1 if self.r1 is None else self.r1 + r1
+            self.s12 = s12 if self.s12 is None else self.s12 + s12
         self.n += p.shape[0]
 
     def matrix(self, centered: bool) -> np.ndarray:
@@ -105,22 +130,46 @@ class PatchMoments:
         mu = self.s1 / max(self.n, 1)
         return m2 - mu[..., :, None] * mu[..., None, :]
 
+    def cross(self, centered: bool) -> np.ndarray:
+        """``E[x x_ref^T]`` (the cross-covariance when ``centered``); ``matrix`` when no ``ref``
+        patches were added."""
+        if self.s12 is None:
+            return self.matrix(centered)
+        m2 = self.s12 / max(self.n, 1)
+        if not centered:
+            return m2
+        mu, mr = self.s1 / max(self.n, 1), self.r1 / max(self.n, 1)
+        return m2 - mu[..., :, None] * mr[..., None, :]
 
-def greedy_round(w: np.ndarray, s: np.ndarray, h: np.ndarray, *, max_steps: int = 4096) -> np.ndarray:
+
+def greedy_round(w: np.ndarray, s: np.ndarray, h: np.ndarray, *, c: Optional[np.ndarray] = None,
+                 max_move: Optional[int] = None, max_steps: int = 4096) -> np.ndarray:
     """Integer weights ``q`` (``[O, d]``, within +-127) lowering ``(s q - w)^T H (s q - w)`` per
     row from nearest rounding, one +-1 move per row and step. ``h`` is ``[d, d]`` (shared) or
-    ``[O, d, d]`` (one per row); ``s`` ``[O]`` the per-row scales."""
+    ``[O, d, d]`` (one per row); ``s`` ``[O]`` the per-row scales.
+
+    With ``c`` (same shape as ``h``: ``E[x_hat x^T]`` for quantized inputs ``x_hat`` of float
+    inputs ``x``, ``h`` then being ``E[x_hat x_hat^T]``) the quadratic is
+    ``E[(s q . x_hat - w . x)^2] = (s q)^T H (s q) - 2 (s q)^T C w + const``: the integer weights
+    also compensate the error of their inputs. ``c = h`` gives the same search as none.
+    ``max_move``: each ``q`` stays within that many steps of nearest rounding."""
     s = s.reshape(-1, 1)
-    q = np.clip(np.round(w / s), -_QMAX, _QMAX)
+    near = np.clip(np.round(w / s), -_QMAX, _QMAX)
+    lo, hi = (-_QMAX, _QMAX) if max_move is None else (np.maximum(near - max_move, -_QMAX),
+                                                       np.minimum(near + max_move, _QMAX))
+    q = near.copy()
     r = s * q - w
     shared = h.ndim == 2
     g = 2 * s * (r @ h if shared else np.einsum("od,ode->oe", r, h))
+    if c is not None:  # gradient of the cross form: 2 s (H s q - C w) = 2 s (H r - (C - H) w)
+        dc = c - h
+        g -= 2 * s * (w @ dc.T if shared else np.einsum("oed,od->oe", dc, w))
     diag = np.diagonal(h)[None, :] if shared else np.diagonal(h, axis1=1, axis2=2)
     rows = np.arange(w.shape[0])
     for _ in range(max_steps):
         step = -np.sign(g)
         gain = -np.abs(g) + s * s * diag  # change of the quadratic for that move
-        gain[(q + step > _QMAX) | (q + step < -_QMAX) | (step == 0)] = np.inf
+        gain[(q + step > hi) | (q + step < lo) | (step == 0)] = np.inf
         i = np.argmin(gain, axis=1)
         act = gain[rows, i] < -1e-12 * np.maximum(np.abs(g).max(axis=1), 1e-30)
         if not act.any():
@@ -149,9 +198,9 @@ class Target:
     window: Window
 
 
-def targets(qmodel, float_model) -> list:
+def targets(qmodel, float_model, *, off_grid_only: bool = True) -> list:
     """The CONV_2D / depthwise (multiplier 1) layers of ``qmodel`` whose float weights are off
-    their int8 grid, in graph order."""
+    their int8 grid (all of them unless ``off_grid_only``), in graph order."""
     sg, fsg = qmodel.subgraphs[0], float_model.subgraphs[0]
     float_input = {}
     for op in fsg.operators:
@@ -166,7 +215,7 @@ def targets(qmodel, float_model) -> list:
         axis = 0 if la.kind == "CONV_2D" else 3
         if la.kind == "DEPTHWISE_CONV_2D" and int(wt.shape[3]) != int(sg.tensors[la.x].shape[3]):
             continue
-        if scale.size != int(wt.shape[axis]) or _on_grid(la, scale, axis):
+        if scale.size != int(wt.shape[axis]) or (off_grid_only and _on_grid(la, scale, axis)):
             continue
         name = float_input.get(tfl.tensor_name(wt))
         if name is not None:
@@ -201,14 +250,44 @@ def _store_int8(qmodel, tensor, q: np.ndarray) -> None:
     qmodel.buffers[tensor.buffer].size = 0
 
 
-def reround(qmodel, t: Target, mom: PatchMoments, *, centered: bool) -> None:
-    """Re-round ``t``'s int8 weights in ``qmodel`` (same scales) by ``greedy_round``."""
+def cross_objective(q: np.ndarray, w: np.ndarray, s: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Per row, ``(s q)^T H (s q) - 2 (s q)^T C w``: the output error ``E[(s q . x_hat - w . x)^2]``
+    up to a constant that does not depend on ``q``."""
+    sq = s.reshape(-1, 1) * q
+    if h.ndim == 2:
+        return np.einsum("od,od->o", sq @ h, sq) - 2 * np.einsum("od,od->o", sq, w @ c.T)
+    return np.einsum("od,ode,oe->o", sq, h, sq) - 2 * np.einsum("od,ode,oe->o", sq, c, w)
+
+
+def validated_round(w: np.ndarray, s: np.ndarray, folds: Sequence[tuple], *,
+                    max_move: Optional[int] = None) -> np.ndarray:
+    """``greedy_round`` with cross moments on all of ``folds`` (``(h, c)`` pairs of equal weight,
+    e.g. two halves of the calibration images), kept only for the rows whose rounding, fitted on
+    each fold alone, lowers the output error on the other folds (``cross_objective``): the others
+    keep nearest rounding. A guard against fitting the noise of a few images' patches."""
+    near = np.clip(np.round(w / s.reshape(-1, 1)), -_QMAX, _QMAX)
+    gain = np.zeros(w.shape[0])
+    for k, (h, c) in enumerate(folds):
+        q = greedy_round(w, s, h, c=c, max_move=max_move)
+        for j, (h2, c2) in enumerate(folds):
+            if j != k:
+                gain += cross_objective(near, w, s, h2, c2) - cross_objective(q, w, s, h2, c2)
+    h = sum(f[0] for f in folds) / len(folds)
+    c = sum(f[1] for f in folds) / len(folds)
+    q = greedy_round(w, s, h, c=c, max_move=max_move)
+    return np.where((gain > 0)[:, None], q, near)
+
+
+def reround(qmodel, t: Target, mom: PatchMoments, *, centered: bool, max_move: Optional[int] = None) -> None:
+    """Re-round ``t``'s int8 weights in ``qmodel`` (same scales) by ``greedy_round``, with the
+    cross moments of ``mom`` when it has them (``compensate_layers``)."""
     wt = qmodel.subgraphs[0].tensors[t.layer.w]
     scale = np.asarray(wt.quantization.scale, np.float64)
     w = np.moveaxis(t.layer.float_weights, t.axis, 0)
     h = mom.matrix(centered)
-    h = h / max(float(np.abs(h).max()), 1e-30)  # the minimizer does not depend on H's scale
-    q = greedy_round(w.reshape(w.shape[0], -1), scale, h)
+    norm = max(float(np.abs(h).max()), 1e-30)  # the minimizer does not depend on H's scale
+    c = None if mom.s12 is None else mom.cross(centered) / norm
+    q = greedy_round(w.reshape(w.shape[0], -1), scale, h / norm, c=c, max_move=max_move)
     _store_int8(qmodel, wt, np.moveaxis(q.reshape(w.shape), 0, t.axis))
 
 
@@ -225,3 +304,154 @@ def round_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarray], 
     for t, mom in zip(tgts, moments):
         reround(qmodel, t, mom, centered=centered)
     return len(tgts)
+
+
+def reround_validated(qmodel, t: Target, folds: Sequence[PatchMoments], *, centered: bool,
+                      max_move: Optional[int] = None) -> None:
+    """Re-round ``t``'s int8 weights in ``qmodel`` (same scales) by ``validated_round`` on the
+    cross moments of ``folds`` (e.g. the patches of every other calibration image)."""
+    wt = qmodel.subgraphs[0].tensors[t.layer.w]
+    scale = np.asarray(wt.quantization.scale, np.float64)
+    w = np.moveaxis(t.layer.float_weights, t.axis, 0)
+    pairs = [(m.matrix(centered), m.cross(centered)) for m in folds]
+    norm = max(max(float(np.abs(h).max()) for h, _ in pairs), 1e-30)
+    q = validated_round(w.reshape(w.shape[0], -1), scale, [(h / norm, c / norm) for h, c in pairs],
+                        max_move=max_move)
+    _store_int8(qmodel, wt, np.moveaxis(q.reshape(w.shape), 0, t.axis))
+
+
+def conv_depths(model) -> dict:
+    """``{op_index: depth}``: the number of CONV_2D / DEPTHWISE_CONV_2D ops on the longest path
+    from the model input to each op, itself included (operators are in topological order). Layers
+    of one depth never feed each other."""
+    sg = model.subgraphs[0]
+    producer: dict = {}
+    depth: dict = {}
+    for k, op in enumerate(sg.operators):
+        d = max((depth[producer[int(i)]] for i in op.inputs if int(i) in producer), default=0)
+        depth[k] = d + (tfl.opcode_name(model, op.opcodeIndex) in ("CONV_2D", "DEPTHWISE_CONV_2D"))
+        for o in op.outputs:
+            producer[int(o)] = k
+    return depth
+
+
+def waves(depths: Sequence[int], groups: int, *, single: int = 0) -> list:
+    """Split layers (their ``depths``) into at most ``groups`` passes of consecutive depths: the
+    first ``single`` depths one pass each, the rest in passes of about equal numbers of depths.
+    Returns lists of layer positions, in order."""
+    levels = sorted(set(int(d) for d in depths))
+    head, rest = levels[:single], levels[single:]
+    chunks = [[d] for d in head]
+    n = max(1, min(groups - len(head), len(rest)))
+    chunks += [list(c) for c in np.array_split(np.asarray(rest, int), n) if len(c)] if rest else []
+    where = {d: k for k, c in enumerate(chunks) for d in c}
+    out: list = [[] for _ in chunks]
+    for pos, d in enumerate(depths):
+        out[where[int(d)]].append(pos)
+    return [w for w in out if w]
+
+
+def _dequantized(interp, detail) -> np.ndarray:
+    v = interp.get_tensor(detail["index"])
+    scale, zp = detail["quantization"]
+    if scale and np.issubdtype(v.dtype, np.integer):
+        return (v.astype(np.float64) - zp) * scale
+    return v.astype(np.float64)
+
+
+def write_truncated(model, names: Sequence[str], path) -> None:
+    """Write ``model`` cut after the last operator that produces one of the tensors ``names``,
+    with those tensors as its outputs (``model`` itself is left as it was): a pass that reads
+    early tensors does not run the rest of the network."""
+    sg = model.subgraphs[0]
+    index = {tfl.tensor_name(t): i for i, t in enumerate(sg.tensors)}
+    wanted = [index[n] for n in names]
+    last = max((k for k, op in enumerate(sg.operators) if set(int(o) for o in op.outputs) & set(wanted)),
+               default=-1)
+    ops, outs, sigs = sg.operators, sg.outputs, model.signatureDefs
+    try:
+        sg.operators = ops[:last + 1]
+        sg.outputs = np.asarray(wanted, np.int32)
+        model.signatureDefs = []
+        tfl.write_model(model, path)
+    finally:
+        sg.operators, sg.outputs, model.signatureDefs = ops, outs, sigs
+
+
+def compensate_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarray], work, *,
+                      threads: Optional[int] = None, centered: bool = True, correct_bias: bool = True,
+                      max_move: Optional[int] = 1, groups: Optional[int] = None, single: int = 0,
+                      max_depth: Optional[int] = None, min_ratio: float = 16.0, validate: bool = False,
+                      positions: int = 2048, seed: int = 0, log=None) -> list:
+    """Error-compensating rounding of every CONV_2D / depthwise (multiplier 1) layer of ``qmodel``
+    (edited in place; float weights from ``float_model``, written at ``float_path``).
+
+    Layers are taken in passes of consecutive conv depths (``waves``; one pass per depth when
+    ``groups`` is None, else ``groups`` passes, the first ``single`` depths alone): for each pass the int8
+    model as it stands and the float model, both cut after the pass's inputs (``write_truncated``
+    into ``work``, a scratch file, and beside it), run on ``inputs``, and each layer of the pass
+    gets the integer weights (same scales, within ``max_move`` of nearest rounding) that lower
+    ``E[(s q . x_hat - w . x)^2]`` per output channel, ``x_hat`` being its int8 input patches
+    (produced by the layers already re-rounded) and ``x`` the float ones at the same positions
+    (``greedy_round`` with cross moments; covariances when ``centered``). A layer with fewer than
+    ``min_ratio`` patches per weight of an output channel keeps nearest rounding; with
+    ``validate`` a channel keeps it too unless the rounding fitted on every other input lowers
+    the error on the rest and vice versa (``validated_round``). With
+    ``correct_bias`` each layer's weight-rounding mean shift ``(W_q - W) E[x_hat]`` is then taken
+    out of its bias (``quantize_bias.weight_error_correction`` for that layer), so that later
+    passes see the corrected outputs. ``max_depth``: only the layers up to that conv depth
+    (``conv_depths``). Returns the layers handled (``ConvLayer``)."""
+    from pathlib import Path
+
+    from ..runtime import load_interpreter
+    from .quantize_bias import _add_to_bias, _dequantized_weights, weight_shift
+
+    sg = qmodel.subgraphs[0]
+    depth = conv_depths(qmodel)
+    tgts = [t for t in targets(qmodel, float_model, off_grid_only=False)
+            if max_depth is None or depth[t.layer.op_index] <= max_depth]
+    if not tgts:
+        return []
+    work = Path(work)
+    fwork = work.with_name(work.stem + "_float.tflite")
+    done = []
+    levels = [depth[t.layer.op_index] for t in tgts]
+    for k, group in enumerate(waves(levels, groups or len(set(levels)), single=single)):
+        layers = [tgts[i] for i in group]
+        names = [tfl.tensor_name(sg.tensors[t.layer.x]) for t in layers]
+        write_truncated(qmodel, sorted(set(names)), work)
+        write_truncated(float_model, sorted({t.float_input for t in layers}), fwork)
+        qi = load_interpreter(work, threads, preserve_all_tensors=True)
+        fi = load_interpreter(fwork, threads, preserve_all_tensors=True)
+        q_det = {d["name"]: d for d in qi.get_tensor_details()}
+        f_index = {d["name"]: d["index"] for d in fi.get_tensor_details()}
+        q_in, f_in = qi.get_input_details()[0]["index"], fi.get_input_details()[0]["index"]
+        nfold = 2 if validate else 1
+        folds = [[PatchMoments(t.layer.kind == "DEPTHWISE_CONV_2D") for _ in range(nfold)] for t in layers]
+        means = [0.0] * len(layers)
+        rng = np.random.default_rng(seed + k)
+        for i, x in enumerate(inputs):
+            fi.set_tensor(f_in, x)
+            qi.set_tensor(q_in, x)
+            fi.invoke()
+            qi.invoke()
+            for j, (t, name, fold) in enumerate(zip(layers, names, folds)):
+                v, vq = fi.get_tensor(f_index[t.float_input]), _dequantized(qi, q_det[name])
+                n = output_size(v.shape, t.window)
+                pos = rng.choice(n, size=min(positions, n), replace=False)
+                fold[i % nfold].add(patches(vq, t.window, pos), patches(v, t.window, pos))
+                means[j] = means[j] + vq.reshape(-1, vq.shape[-1]).mean(0) / len(inputs)
+        for t, fold, mean in zip(layers, folds, means):
+            if sum(m.n for m in fold) < min_ratio * fold[0].s2.shape[-1]:
+                pass  # too few patches for its weights: nearest rounding
+            elif validate:
+                reround_validated(qmodel, t, fold, centered=centered, max_move=max_move)
+            else:
+                reround(qmodel, t, fold[0], centered=centered, max_move=max_move)
+            if correct_bias:
+                dw = _dequantized_weights(qmodel, sg.tensors[t.layer.w]) - t.layer.float_weights
+                _add_to_bias(qmodel, t.layer, -weight_shift(t.layer, dw, mean))
+            done.append(t.layer)
+        if log:
+            log(f"compensating rounding: pass {k + 1}, {len(layers)} layers")
+    return done
