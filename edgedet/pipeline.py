@@ -68,6 +68,7 @@ class _Captured:
     seq: int
     prepared: Any = None
     preprocess_ms: float = 0.0
+    buffer: Optional[np.ndarray] = None  # the pool's array holding the prepared input, until invoked
 
 
 def _model_image(frame: Frame) -> tuple:
@@ -86,6 +87,42 @@ class _Work:
     prepared: Any
     raw: Any
     timings: dict
+
+
+class _InputPool:
+    """Preallocated copies of the model input for frames prepared ahead of inference: ``take``
+    gives a free array (waiting while every array is in flight), ``release`` returns one once the
+    interpreter has read it. With several inference workers, frames are invoked out of order, so an
+    array is reused only after it was released, never by position in a ring."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, int(size))
+        self._free: list = []
+        self._count = 0
+        self._key: Optional[tuple] = None
+        self._cond = threading.Condition()
+
+    def take(self, like: np.ndarray, stop: threading.Event) -> Optional[np.ndarray]:
+        key = (like.shape, like.dtype)
+        with self._cond:
+            if key != self._key:  # first frame, or the model input changed: start a new set
+                self._key, self._free, self._count = key, [], 0
+            while not self._free and self._count >= self.size:
+                if stop.is_set():
+                    return None
+                self._cond.wait(0.1)
+            if self._free:
+                return self._free.pop()
+            self._count += 1
+            return np.empty_like(like)
+
+    def release(self, buf: Optional[np.ndarray]) -> None:
+        if buf is None:
+            return
+        with self._cond:
+            if self._key == (buf.shape, buf.dtype):
+                self._free.append(buf)
+                self._cond.notify()
 
 
 class _RateMeter:
@@ -165,6 +202,8 @@ class Pipeline:
         self._infer_detectors: list = []
         self._infer_running = 0
         self._infer_lock = threading.Lock()
+        # frames prepared ahead: in the queue, in each worker, and the one being prepared
+        self._inputs = _InputPool(getattr(self.to_infer, "maxsize", 1) + self.workers + 1)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _worker_count(self, workers: Optional[int]) -> int:
@@ -345,9 +384,6 @@ class Pipeline:
         stats, out, source, det = self.stats, self.to_infer, self.source, self.detector
         limit = self.max_frames if not self.drop else None
         early = self.prepare_early
-        ring: list = []  # preallocated copies of the model input, one per frame that can be in flight
-        ring_size = getattr(out, "maxsize", 1) + len(self._infer_detectors or [det]) + 1
-        k = 0
         clock = time.perf_counter
         try:
             while not self._stop.is_set():
@@ -364,11 +400,11 @@ class Pipeline:
                     prepared = det.prepare(*_model_image(frame))
                     tensor = getattr(prepared, "tensor", None)
                     if tensor is not None:  # the detector reuses its input array: keep a copy per frame
-                        if not ring or ring[0].shape != tensor.shape or ring[0].dtype != tensor.dtype:
-                            ring = [np.empty_like(tensor) for _ in range(ring_size)]
-                        buf = ring[k % ring_size]
-                        k += 1
+                        buf = self._inputs.take(tensor, self._stop)
+                        if buf is None:
+                            break
                         np.copyto(buf, tensor)
+                        item.buffer = buf
                         prepared = copy.copy(prepared)
                         prepared.tensor = buf
                     item.prepared = prepared
@@ -397,7 +433,10 @@ class Pipeline:
                 else:
                     prepared, preprocess_ms = item.prepared, item.preprocess_ms
                 t1 = clock()
-                raw = det.infer(prepared)
+                try:
+                    raw = det.infer(prepared)
+                finally:
+                    self._inputs.release(item.buffer)
                 t2 = clock()
                 invoke_ms = getattr(raw, "invoke_ms", None)
                 timings = {

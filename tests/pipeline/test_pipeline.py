@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from standin import StandinDetector
 
+from edgedet.detections import Detections
 from edgedet.frame import Frame
 from edgedet.pipeline import Pipeline, StopRequested
 from edgedet.sinks.base import BaseSink, SinkContext
@@ -251,6 +252,63 @@ def test_workers_infer_frames_side_by_side_and_results_come_out_in_order(tmp_pat
     assert len(det.replicas) == 4 and all(r.calls > 0 for r in det.replicas)
     assert det.calls == 0  # the replicas do the inference
     assert sum(r.calls for r in det.replicas) == 200
+
+
+class TensorStandin(ReplicableStandin):
+    """Prepares a real input array (the frame's grey level) and reads it only after a random pause,
+    like an interpreter descheduled before it copies its input."""
+
+    def prepare(self, image, fmt="BGR"):
+        prepared = super().prepare(image, fmt)
+        self._input = getattr(self, "_input", None)
+        if self._input is None:
+            self._input = np.empty((8, 8, 3), np.uint8)
+        self._input[...] = image[0, 0, 0]  # reused array, as the real detector does
+        prepared.tensor = self._input
+        return prepared
+
+    def replica(self, threads):
+        twin = TensorStandin(threads, seed=len(self.replicas) + 1)
+        self.replicas.append(twin)
+        return twin
+
+    def infer(self, prepared):
+        time.sleep(float(self.rng.uniform(0, 0.006)))
+        raw = StandinDetector.infer(self, prepared)
+        raw.index = int(prepared.tensor[0, 0, 0])
+        return raw
+
+    def decode(self, raw, prepared):
+        dets = super().decode(raw, prepared)
+        return Detections(dets.xyxy, dets.scores, np.array([raw.index], np.int32))
+
+
+def test_frames_prepared_ahead_keep_their_input_until_invoked():
+    sink = Collect()
+    with Pipeline(SyntheticSource(n=150, live=False), TensorStandin(threads=3), [sink], drop=False) as p:
+        assert p.workers == 3
+        p.run()
+    assert [r.frame.index for r in sink.results] == list(range(150))
+    assert [int(r.detections.class_ids[0]) for r in sink.results] == [i % 255 for i in range(150)]
+
+
+def test_input_pool_reuses_an_array_only_after_its_release():
+    from edgedet.pipeline import _InputPool
+
+    pool, stop = _InputPool(2), threading.Event()
+    like = np.zeros((4, 4), np.uint8)
+    a, b = pool.take(like, stop), pool.take(like, stop)
+    assert a is not b
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.take(like, stop)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got  # both arrays in flight: the next frame waits
+    pool.release(b)
+    t.join(2)
+    assert got == [b]
+    stop.set()
+    assert pool.take(like, stop) is None  # stopping: nobody waits for a release that will not come
 
 
 def test_workers_setting_and_live_sources_keep_one_interpreter():
