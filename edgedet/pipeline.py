@@ -195,7 +195,8 @@ class Pipeline:
         # no sink reads the picture as captured: draw the overlay onto it instead of onto a copy
         self._draw_in_place = self._needs_annotated and not any(getattr(s, "reads_frame", True) for s in self.sinks)
         self._opencv_threads: Optional[int] = None
-        self._interp_threads = max(1, int(getattr(getattr(detector, "info", None), "threads", 1) or 1))
+        self._detector_threads: Optional[int] = getattr(getattr(detector, "info", None), "threads", None)
+        self._interp_threads = max(1, int(self._detector_threads or 1))
         self.workers = self._worker_count(workers)
         self.threads_per_worker = (self._interp_threads if self.workers == 1
                                    else max(1, self._interp_threads // self.workers))
@@ -251,7 +252,7 @@ class Pipeline:
         """OpenCV's own thread pool (resize, colour, drawing) and the video decoder's threads only
         compete with the interpreter when the interpreter already has a thread on every core: run
         them single-threaded then (OpenCV's pool is restored when the pipeline closes)."""
-        threads = getattr(getattr(self.detector, "info", None), "threads", None)
+        threads = self._detector_threads
         if not threads:
             return
         from .cpu import available_cores, limit_opencv_threads

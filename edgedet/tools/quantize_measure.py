@@ -65,7 +65,8 @@ class _Acc:
         return float(10 * np.log10(self.signal / max(self.noise, 1e-30)))
 
 
-def _value(interp, detail) -> np.ndarray:
+def tensor_value(interp, detail) -> np.ndarray:
+    """The tensor of ``detail`` (an entry of ``get_tensor_details``) as float64, dequantized."""
     v = interp.get_tensor(detail["index"])
     if v.dtype in (np.int8, np.uint8, np.int16, np.int32):
         scale, zp = detail["quantization"]
@@ -101,7 +102,7 @@ def head_snr(float_path, quant_path, inputs: Sequence[np.ndarray], *, extra: Seq
         qi.set_tensor(qin, x)
         fi.invoke()
         qi.invoke()
-        values = {k: (_value(fi, fd[wanted[k]]), _value(qi, qd[wanted[k]])) for k in acc if k in wanted}
+        values = {k: (tensor_value(fi, fd[wanted[k]]), tensor_value(qi, qd[wanted[k]])) for k in acc if k in wanted}
         for k, (f, q) in values.items():
             acc[k].add(f, q)
         if "boxes_w" in acc:

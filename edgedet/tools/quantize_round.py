@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import tflite_file as tfl
 from .quantize_bias import ConvLayer, conv_layers
+from .quantize_measure import tensor_value
 
 _SAME = 0
 _QMAX = 127
@@ -278,17 +279,25 @@ def validated_round(w: np.ndarray, s: np.ndarray, folds: Sequence[tuple], *,
     return np.where((gain > 0)[:, None], q, near)
 
 
+def _rows(qmodel, t: Target) -> tuple:
+    """``t``'s int8 weight tensor, its per-channel scales and its float weights, output axis first."""
+    wt = qmodel.subgraphs[0].tensors[t.layer.w]
+    return wt, np.asarray(wt.quantization.scale, np.float64), np.moveaxis(t.layer.float_weights, t.axis, 0)
+
+
+def _store_rows(qmodel, t: Target, wt, q: np.ndarray, shape) -> None:
+    _store_int8(qmodel, wt, np.moveaxis(q.reshape(shape), 0, t.axis))
+
+
 def reround(qmodel, t: Target, mom: PatchMoments, *, centered: bool, max_move: Optional[int] = None) -> None:
     """Re-round ``t``'s int8 weights in ``qmodel`` (same scales) by ``greedy_round``, with the
     cross moments of ``mom`` when it has them (``compensate_layers``)."""
-    wt = qmodel.subgraphs[0].tensors[t.layer.w]
-    scale = np.asarray(wt.quantization.scale, np.float64)
-    w = np.moveaxis(t.layer.float_weights, t.axis, 0)
+    wt, scale, w = _rows(qmodel, t)
     h = mom.matrix(centered)
     norm = max(float(np.abs(h).max()), 1e-30)  # the minimizer does not depend on H's scale
     c = None if mom.s12 is None else mom.cross(centered) / norm
     q = greedy_round(w.reshape(w.shape[0], -1), scale, h / norm, c=c, max_move=max_move)
-    _store_int8(qmodel, wt, np.moveaxis(q.reshape(w.shape), 0, t.axis))
+    _store_rows(qmodel, t, wt, q, w.shape)
 
 
 def round_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarray], *,
@@ -310,14 +319,12 @@ def reround_validated(qmodel, t: Target, folds: Sequence[PatchMoments], *, cente
                       max_move: Optional[int] = None) -> None:
     """Re-round ``t``'s int8 weights in ``qmodel`` (same scales) by ``validated_round`` on the
     cross moments of ``folds`` (e.g. the patches of every other calibration image)."""
-    wt = qmodel.subgraphs[0].tensors[t.layer.w]
-    scale = np.asarray(wt.quantization.scale, np.float64)
-    w = np.moveaxis(t.layer.float_weights, t.axis, 0)
+    wt, scale, w = _rows(qmodel, t)
     pairs = [(m.matrix(centered), m.cross(centered)) for m in folds]
     norm = max(max(float(np.abs(h).max()) for h, _ in pairs), 1e-30)
     q = validated_round(w.reshape(w.shape[0], -1), scale, [(h / norm, c / norm) for h, c in pairs],
                         max_move=max_move)
-    _store_int8(qmodel, wt, np.moveaxis(q.reshape(w.shape), 0, t.axis))
+    _store_rows(qmodel, t, wt, q, w.shape)
 
 
 def conv_depths(model) -> dict:
@@ -349,14 +356,6 @@ def waves(depths: Sequence[int], groups: int, *, single: int = 0) -> list:
     for pos, d in enumerate(depths):
         out[where[int(d)]].append(pos)
     return [w for w in out if w]
-
-
-def _dequantized(interp, detail) -> np.ndarray:
-    v = interp.get_tensor(detail["index"])
-    scale, zp = detail["quantization"]
-    if scale and np.issubdtype(v.dtype, np.integer):
-        return (v.astype(np.float64) - zp) * scale
-    return v.astype(np.float64)
 
 
 def write_truncated(model, names: Sequence[str], path) -> None:
@@ -436,7 +435,7 @@ def compensate_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarr
             fi.invoke()
             qi.invoke()
             for j, (t, name, fold) in enumerate(zip(layers, names, folds)):
-                v, vq = fi.get_tensor(f_index[t.float_input]), _dequantized(qi, q_det[name])
+                v, vq = fi.get_tensor(f_index[t.float_input]), tensor_value(qi, q_det[name])
                 n = output_size(v.shape, t.window)
                 pos = rng.choice(n, size=min(positions, n), replace=False)
                 fold[i % nfold].add(patches(vq, t.window, pos), patches(v, t.window, pos))

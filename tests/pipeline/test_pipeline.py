@@ -222,6 +222,8 @@ class ReplicableStandin(StandinDetector):
     """A stand-in that can be replicated; each worker sleeps a different time per frame, so frames
     finish out of order."""
 
+    pause_s = 0.004
+
     def __init__(self, threads=4, infer_s=0.0, seed=0):
         super().__init__(infer_s=infer_s)
         self.info = type("Info", (), {"threads": threads})()
@@ -229,12 +231,12 @@ class ReplicableStandin(StandinDetector):
         self.rng = np.random.default_rng(seed)
 
     def replica(self, threads):
-        twin = ReplicableStandin(threads, seed=len(self.replicas) + 1)
+        twin = type(self)(threads, seed=len(self.replicas) + 1)
         self.replicas.append(twin)
         return twin
 
     def infer(self, prepared):
-        time.sleep(float(self.rng.uniform(0, 0.004)))
+        time.sleep(float(self.rng.uniform(0, self.pause_s)))
         return super().infer(prepared)
 
 
@@ -258,23 +260,20 @@ class TensorStandin(ReplicableStandin):
     """Prepares a real input array (the frame's grey level) and reads it only after a random pause,
     like an interpreter descheduled before it copies its input."""
 
+    pause_s = 0.006
+
+    def __init__(self, threads=4, infer_s=0.0, seed=0):
+        super().__init__(threads, infer_s, seed)
+        self._input = np.empty((8, 8, 3), np.uint8)  # reused array, as the real detector does
+
     def prepare(self, image, fmt="BGR"):
         prepared = super().prepare(image, fmt)
-        self._input = getattr(self, "_input", None)
-        if self._input is None:
-            self._input = np.empty((8, 8, 3), np.uint8)
-        self._input[...] = image[0, 0, 0]  # reused array, as the real detector does
+        self._input[...] = image[0, 0, 0]
         prepared.tensor = self._input
         return prepared
 
-    def replica(self, threads):
-        twin = TensorStandin(threads, seed=len(self.replicas) + 1)
-        self.replicas.append(twin)
-        return twin
-
     def infer(self, prepared):
-        time.sleep(float(self.rng.uniform(0, 0.006)))
-        raw = StandinDetector.infer(self, prepared)
+        raw = super().infer(prepared)  # pauses first, then reads its input
         raw.index = int(prepared.tensor[0, 0, 0])
         return raw
 
