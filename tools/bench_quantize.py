@@ -64,8 +64,8 @@ def interleaved_invoke_ms(paths, threads: int, rounds: int = 5, runs: int = 20) 
 
 
 # the recipe before adaptive rounding and the input range rule: nearest rounding, min/max input range
-_OLD = {"weight_rounding": "nearest", "input_ranges": "minmax"}
-_NEW = {"weight_rounding": "adaptive", "input_ranges": "roundtrip"}
+_OLD = {"weight_rounding": "nearest", "input_ranges": "minmax", "head_ranges": "minmax"}
+_NEW = {"weight_rounding": "adaptive", "input_ranges": "roundtrip", "head_ranges": "minmax"}
 ABLATION = (
     ("min/max ranges, int8 sigmoid, no bias correction",
      {**_OLD, "percentile": 100.0, "float_sigmoid": False, "bias_correction": "none"}),
@@ -76,7 +76,7 @@ ABLATION = (
     ("mse ranges, int8 sigmoid, weight bias correction", {**_OLD, "percentile": "mse", "float_sigmoid": False}),
     ("min/max ranges, float sigmoid, weight bias correction", {**_OLD, "percentile": 100.0}),
     ("99.99 ranges, float sigmoid, weight bias correction", {**_OLD, "percentile": 99.99}),
-    ("mse ranges, float sigmoid, weight bias correction (previous default)", {**_OLD, "percentile": "mse"}),
+    ("mse ranges, float sigmoid, weight bias correction", {**_OLD, "percentile": "mse"}),
     ("  + empirical bias correction of linear convs", {**_OLD, "percentile": "mse", "bias_correction": "both"}),
     ("  empirical instead of weight bias correction",
      {**_OLD, "percentile": "mse", "bias_correction": "empirical"}),
@@ -88,7 +88,7 @@ ABLATION = (
      {**_OLD, "percentile": "mse", "residual_equalize": True, "residual_alpha": 0.5, "residual_max_gain": 8.0}),
     ("  + adaptive rounding of the off-grid weights", {**_OLD, "percentile": "mse", "weight_rounding": "adaptive"}),
     ("  + input range by int8 round trip", {**_OLD, "percentile": "mse", "input_ranges": "roundtrip"}),
-    ("mse, adaptive rounding, input range by round trip (default)", {**_NEW, "percentile": "mse"}),
+    ("mse, adaptive rounding, input range by round trip", {**_NEW, "percentile": "mse"}),
     ("  + cross-layer range equalization", {**_NEW, "percentile": "mse", "equalize": True}),
     ("  + residual-stream equalization (alpha 1, gain <= 16)",
      {**_NEW, "percentile": "mse", "residual_equalize": True, "residual_alpha": 1.0, "residual_max_gain": 16.0}),
@@ -103,6 +103,8 @@ ABLATION = (
      {**_NEW, "percentile": "mse", "weight_rounding": "compensate", "rounding_max_move": 2}),
     ("  + compensating rounding (depth <= 0.6)",
      {**_NEW, "percentile": "mse", "weight_rounding": "compensate", "rounding_depth": 0.6}),
+    ("  + head ranges for the scores / score-weighted boxes (default)",
+     {**_NEW, "percentile": "mse", "head_ranges": "task"}),
 )
 
 

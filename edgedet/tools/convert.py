@@ -73,8 +73,12 @@ class ConvertReport:
                          f"activation tensors {c['activations_int8']}/{c['activations_total']}"
                          + (f", {self.repaired_channels} dead channels repaired" if self.repaired_channels else ""))
         if self.recipe.get("percentile") is not None:
+            head = self.recipe.get("head_ranges", "min/max")
+            values = self.recipe.get("head_range_values") or {}
+            if values:
+                head += " (" + ", ".join(f"{k} [{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in values.items()) + ")"
             lines.append(f"  ranges    global over the calibration set, backbone percentile "
-                         f"{self.recipe['percentile']}, head min/max")
+                         f"{self.recipe['percentile']}, head {head}")
         if self.calibration:
             lines.append(f"  calib     {self.calibration.get('size')} images from {self.calibration.get('path')}")
         if self.agreement:

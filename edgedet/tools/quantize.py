@@ -10,10 +10,13 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
    letterbox resize, RGB, the sidecar's normalization).
 3. Ranges: GLOBAL over the whole calibration set (not per-image averages). The prediction head
    (the tensors between the last convolutions and the postprocess op: box encodings and class
-   logits) keeps its full min/max; the rest of the network uses ``percentile`` of the pooled
-   values (100 = plain min/max; ``"mse"`` = per tensor, each end of the range cut where the int8
-   round trip of the pooled values has the least squared error). ``choose_percentile`` picks
-   among candidates by the SNR of the raw head outputs against the float model on held-out
+   logits) gets one range for the logits and one for the box encodings, each shared by every
+   tensor on its way and chosen by the error of what is read downstream: the scores after the
+   sigmoid, the box encodings weighted by their anchor's score (``quantize_head``,
+   ``head_ranges="task"``; "minmax" keeps their min/max); the rest of the network uses
+   ``percentile`` of the pooled values (100 = plain min/max; ``"mse"`` = per tensor, each end of
+   the range cut where the int8 round trip of the pooled values has the least squared error).
+   ``choose_percentile`` picks among candidates by the SNR of the raw head outputs against the float model on held-out
    calibration images (``quantize_measure.head_snr``). The model's float input gets the range,
    among its min/max widened by up to two int8 steps, whose round trip through int8 has the least
    error (``input_range``: pixels normalized to [-1, 1] would otherwise all sit halfway between
@@ -33,7 +36,9 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
 7. Bias correction (``quantize_bias``, ``bias_correction="weights"``): the mean output shift of
    int8 weight rounding, ``(W_q - W) E[x]`` with ``E[x]`` measured in the int8 model, is taken
    out of every conv's int32 bias.
-8. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
+8. int8 -> int8 ``QUANTIZE`` ops that copy a tensor onto its own scale and zero point (in front
+   of the head's concatenations) are removed (``drop_identity_requantize``).
+9. ``int8_census`` counts conv weights and activation tensors that are int8 in the result.
 """
 
 from __future__ import annotations
@@ -523,6 +528,30 @@ def repair_dead_channels(qmodel, float_model) -> int:
     return repaired
 
 
+def drop_identity_requantize(model) -> int:
+    """Remove int8 -> int8 ``QUANTIZE`` ops whose input already has the output's scale and zero
+    point (the quantizer puts one in front of every concatenation input; with one shared range
+    they copy ~1 MB of logits per frame for nothing). Returns how many were removed."""
+    sg = model.subgraphs[0]
+    outputs = {int(i) for i in sg.outputs}
+    alias: dict = {}
+    keep = []
+    for op, name in _ops(model, sg):
+        if name == "QUANTIZE" and int(op.outputs[0]) not in outputs:
+            src, dst = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
+            a, b = _q_arrays(src), _q_arrays(dst)
+            if (int(src.type) == int(dst.type) == _INT8 and a is not None and b is not None
+                    and a[0].size == b[0].size == 1 and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])):
+                alias[int(op.outputs[0])] = alias.get(int(op.inputs[0]), int(op.inputs[0]))
+                continue
+        keep.append(op)
+    if alias:
+        for op in keep:
+            op.inputs = np.array([alias.get(int(i), int(i)) for i in op.inputs], np.int32)
+        sg.operators = keep
+    return len(alias)
+
+
 def _restore_io_names(qmodel, float_model) -> None:
     """Give the quantized model's inputs/outputs the float model's tensor names (the quantizer
     names them ``<name>_dequant`` / ``<name>_quant``); the inner int8 tensors get ``<name>_int8``."""
@@ -598,13 +627,13 @@ def _sigmoid_inputs(model, score_names: set) -> set:
         return set()
     return set(score_names) - sig_out
 
-HEAD_RANGES = ("minmax", "same")
+HEAD_RANGES = ("minmax", "same", "task")
 WEIGHT_ROUNDINGS = ("nearest", "adaptive", "compensate")
 INPUT_RANGES = ("minmax", "roundtrip")
 
 
 def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[float, str] = "mse",
-                  threads: Optional[int] = None, head_ranges: str = "minmax",
+                  threads: Optional[int] = None, head_ranges: str = "task",
                   bias_correction: str = "weights", bias_images: int = 64,
                   logit_floor: bool = True, float_sigmoid: bool = True,
                   equalize: bool = False, residual_equalize: bool = False,
@@ -615,11 +644,13 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     """Full-integer int8 ``out`` from the float / hybrid model ``src`` (see the module docstring).
 
     ``head_ranges``: "minmax" keeps the prediction head's full calibrated range, "same" gives it the
-    body's rule (``percentile``). ``bias_correction`` (``edgedet.tools.quantize_bias``): "weights"
-    removes the mean shift of int8 weight rounding, "empirical" moves the linear convs' output means
-    onto the float model's, "both" does one then the other; measured on up to ``bias_images`` of
-    the calibration images. ``logit_floor``: when the scores come out of a LOGISTIC, the class
-    logits' range starts at ``LOGIT_FLOOR`` at the lowest (see there). ``float_sigmoid``: the
+    body's rule (``percentile``), "task" one range for the class logits and one for the box
+    encodings with the least error of the scores / score-weighted boxes (``quantize_head``).
+    ``bias_correction`` (``edgedet.tools.quantize_bias``): "weights" removes the mean shift of int8
+    weight rounding, "empirical" moves the linear convs' output means onto the float model's,
+    "both" does one then the other; measured on up to ``bias_images`` of the calibration images.
+    ``logit_floor``: when the scores come out of a LOGISTIC, the class logits' range starts at
+    ``LOGIT_FLOOR`` at the lowest (see there). ``float_sigmoid``: the
     LOGISTIC that turns class logits into the postprocess op's scores stays float (continuous
     scores instead of 1/256 steps; the logits are dequantized in front of it). ``equalize``:
     cross-layer range equalization of ReLU conv -> depthwise conv pairs first
@@ -687,7 +718,22 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
             float_path.write_bytes(float_bytes)
         template = _aeq_qsv_template(aeq, float_bytes, inputs[0], in_name, signature)
         ranges = collect_ranges(float_path, inputs, set(template), percentile=percentile,
-                                exact=head if head_ranges == "minmax" else frozenset(), threads=threads)
+                                exact=head if head_ranges != "same" else frozenset(), threads=threads)
+        head_chosen = {}
+        if head_ranges == "task":
+            from ..sidecar import load_sidecar
+            from .quantize_head import task_ranges
+            from .quantize_measure import head_tensor_names
+
+            names = head_tensor_names(model)
+            # a sigmoid in the graph, or one the decoder applies to raw logits (sidecar)
+            activation = (load_sidecar(src).get("postprocess") or {}).get("score_activation")
+            sigmoid = names["scores"] != names["logits"] or activation == "sigmoid"
+            head_chosen = task_ranges(float_path, inputs, names, ranges, sigmoid=sigmoid, threads=threads)
+            groups = {"logits": sigmoid_logits or parts["scores"], "boxes": parts["boxes"]}
+            for key, (lo, hi) in head_chosen.items():
+                for name in groups[key] & set(ranges):
+                    ranges[name] = (lo, hi)
         if input_ranges == "roundtrip":
             values = _input_values(inputs)
             for i in model.subgraphs[0].inputs:
@@ -753,6 +799,7 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
             if bias_correction in ("empirical", "both"):
                 corrected += quantize_bias.empirical_correction(qmodel, model, float_path, subset, work,
                                                                 threads=threads)
+    dropped = drop_identity_requantize(qmodel)
     _restore_io_names(qmodel, model)
     census = int8_census(qmodel)
     hints = {}
@@ -764,12 +811,13 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     recipe = {"mode": "int8", "tool": "ai-edge-quantizer", "weights": "int8 symmetric per-channel",
               "activations": "int8 asymmetric per-tensor", "io": "float32",
               "ranges": "global over the calibration set", "percentile": percentile,
-              "head_ranges": "min/max" if head_ranges == "minmax" else "as the body",
+              "head_ranges": {"minmax": "min/max", "same": "as the body", "task": "score-weighted"}[head_ranges],
+              "head_range_values": {k: [round(v, 4) for v in r] for k, r in head_chosen.items()} or None,
               "bias_correction": bias_correction, "bias_corrected_layers": corrected,
               "logit_floor": round(LOGIT_FLOOR, 3) if logit_floor and sigmoid_logits else None,
               "float_ops": list(float_ops), "equalized_pairs": equalized,
               "residual_streams": streams["streams"], "weight_rounding": weight_rounding,
-              "rerounded_layers": rerounded, "input_ranges": input_ranges,
+              "rerounded_layers": rerounded, "input_ranges": input_ranges, "identity_requantize_dropped": dropped,
               "postprocess": "float" if prepared["had_postprocess"] else "none"}
     try:
         from importlib.metadata import version

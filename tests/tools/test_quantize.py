@@ -214,3 +214,33 @@ def test_fp16_and_dynamic(fpnlite_model, tmp_path, grace_hopper):
     model = tfl.read_model(tmp_path / "fp16.tflite")
     types = [int(t.type) for t in model.subgraphs[0].tensors]
     assert types.count(1) == quantize_fp16(fpnlite_model, tmp_path / "again.tflite").census["weights_fp16"] > 80
+
+
+def test_head_tensors_share_one_range_without_requantizing(int8_model):
+    """The per-level class convs and the logits concatenation have one int8 range whose low end
+    is cut (confident negatives) and whose top is kept; no int8 -> int8 copies are left."""
+    _, out, result = int8_model
+    assert result.recipe["head_ranges"] == "score-weighted"
+    lo, hi = result.recipe["head_range_values"]["logits"]
+    assert -15 < lo < -3 and hi > 0
+    model = tfl.read_model(out)
+    sg = model.subgraphs[0]
+    ops = [(o, tfl.opcode_name(model, o.opcodeIndex)) for o in sg.operators]
+    concat = [o for o, n in ops if n == "CONCATENATION" and int(sg.tensors[o.outputs[0]].shape[-1]) == 91]
+    assert len(concat) == 1
+    producer = {int(t): (o, n) for o, n in ops for t in o.outputs}
+
+    def q(i):
+        t = sg.tensors[i].quantization
+        return float(t.scale[0]), int(t.zeroPoint[0])
+
+    for i in concat[0].inputs:  # reshape <- class conv of each level
+        reshape, name = producer[int(i)]
+        assert name == "RESHAPE" and q(int(i)) == q(int(concat[0].outputs[0]))
+        assert producer[int(reshape.inputs[0])][1] == "CONV_2D"
+    assert result.recipe["identity_requantize_dropped"] >= 10
+    for o, n in ops:
+        if n == "QUANTIZE" and int(sg.tensors[o.inputs[0]].type) == 9:
+            assert q(int(o.inputs[0])) != q(int(o.outputs[0]))
+    scale, zp = q(int(concat[0].outputs[0]))
+    assert (-128 - zp) * scale == pytest.approx(lo, abs=scale)
