@@ -23,7 +23,7 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
    two levels).
 4. ``ai-edge-quantizer`` static int8 (weights per channel, activations per tensor); the model
    inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges), and so
-   does the LOGISTIC that turns the class logits into the op's scores (``float_sigmoid``): int8
+   does the LOGISTIC that turns the class logits into the op's (or a raw model's) scores (``float_sigmoid``): int8
    scores would come in 1/256 steps, which alone caps their SNR at ~17 dB on calibration frames.
 5. Repair: output channels whose weights are all (or nearly) zero get a ~1e-11 weight scale and
    an int32 bias that overflows; their scales and biases are recomputed from the float model.
@@ -570,12 +570,15 @@ def _restore_io_names(qmodel, float_model) -> None:
 
 def int8_census(model) -> dict:
     """How much of the network body is int8: conv weights and activation tensors (N of M). A float
-    LOGISTIC that feeds the postprocess op its scores counts as part of the postprocess
-    (``float_score_sigmoid``), like the QUANTIZE / DEQUANTIZE at the model's edges."""
+    LOGISTIC that feeds the postprocess op its scores (or, without the op, outputs the scores)
+    counts as part of the postprocess (``float_score_sigmoid``), like the QUANTIZE / DEQUANTIZE at
+    the model's edges."""
     sg = model.subgraphs[0]
     conv_total = conv_int8 = 0
     acts = set()
     score_inputs = {int(op.inputs[1]) for op, name in _ops(model, sg) if name == POSTPROCESS_OP and len(op.inputs) > 1}
+    if not any(name == POSTPROCESS_OP for _, name in _ops(model, sg)):
+        score_inputs = {int(i) for i in sg.outputs}
     float_sigmoid = 0
     for op, name in _ops(model, sg):
         if name in ("QUANTIZE", "DEQUANTIZE", POSTPROCESS_OP):
@@ -608,12 +611,18 @@ LOGIT_FLOOR = float(np.log(0.25 / 256 / (1 - 0.25 / 256)))
 
 
 def _score_sigmoid(model) -> Optional[str]:
-    """Name of the LOGISTIC output the postprocess op reads as scores, if any."""
+    """Name of the LOGISTIC output the postprocess op reads as scores or, in a model without the
+    op (raw outputs), the LOGISTIC that produces a model output; None when there is none."""
     sg = model.subgraphs[0]
     producer = {int(o): name for op, name in _ops(model, sg) for o in op.outputs}
     for op, name in _ops(model, sg):
-        if name == POSTPROCESS_OP and len(op.inputs) > 1 and producer.get(int(op.inputs[1])) == "LOGISTIC":
-            return tfl.tensor_name(sg.tensors[op.inputs[1]])
+        if name == POSTPROCESS_OP and len(op.inputs) > 1:
+            if producer.get(int(op.inputs[1])) == "LOGISTIC":
+                return tfl.tensor_name(sg.tensors[op.inputs[1]])
+            return None
+    for i in sg.outputs:
+        if producer.get(int(i)) == "LOGISTIC":
+            return tfl.tensor_name(sg.tensors[i])
     return None
 
 

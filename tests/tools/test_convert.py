@@ -70,6 +70,13 @@ def test_convert_text_summary_and_strip(fpnlite_model, calib_dir, grace_hopper, 
     det = Detector.from_path(out, labels=coco_labels, score_threshold=0.5)
     dets = det.detect(cv2.imread(str(grace_hopper)))
     assert det.info.form == "raw" and det.labels[int(dets.class_ids[0])] == "person"
+    # the raw scores come out of a float sigmoid over the int8 logits: continuous, not 1/256 steps
+    from edgedet.tools.quantize import census_of
+
+    census = census_of(out)
+    assert census["float_score_sigmoid"] == 1 and census["activations_int8"] == census["activations_total"]
+    steps = dets.scores.astype("float64") * 256
+    assert not all(abs(steps - steps.round()) < 1e-3)
 
 
 def test_bad_inputs_are_one_line_errors(fpnlite_model, calib_dir, tmp_path):
