@@ -16,15 +16,16 @@ dequantized first, ``scale * (q - zero_point)`` per channel) into a full-integer
    ``head_ranges="task"``; "minmax" keeps their min/max); the rest of the network uses
    ``percentile`` of the pooled values (100 = plain min/max; ``"mse"`` = per tensor, each end of
    the range cut where the int8 round trip of the pooled values has the least squared error).
-   ``choose_percentile`` picks among candidates by the SNR of the raw head outputs against the float model on held-out
-   calibration images (``quantize_measure.head_snr``). The model's float input gets the range,
+   ``choose_percentile`` picks among candidates by the SNR of the raw head outputs against the
+   float model on held-out calibration images (``quantize_measure.head_snr``). The model's float input gets the range,
    among its min/max widened by up to two int8 steps, whose round trip through int8 has the least
    error (``input_range``: pixels normalized to [-1, 1] would otherwise all sit halfway between
    two levels).
 4. ``ai-edge-quantizer`` static int8 (weights per channel, activations per tensor); the model
    inputs/outputs and the postprocess op stay float (QUANTIZE/DEQUANTIZE at the edges), and so
-   does the LOGISTIC that turns the class logits into the op's (or a raw model's) scores (``float_sigmoid``): int8
-   scores would come in 1/256 steps, which alone caps their SNR at ~17 dB on calibration frames.
+   does the LOGISTIC that turns the class logits into the op's (or a raw model's) scores
+   (``float_sigmoid``): int8 scores would come in 1/256 steps, which alone caps their SNR at
+   ~17 dB on calibration frames.
 5. Repair: output channels whose weights are all (or nearly) zero get a ~1e-11 weight scale and
    an int32 bias that overflows; their scales and biases are recomputed from the float model.
 6. Adaptive rounding (``quantize_round``, ``weight_rounding="adaptive"``): the weights that were
@@ -658,10 +659,10 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
     ``bias_correction`` (``edgedet.tools.quantize_bias``): "weights" removes the mean shift of int8
     weight rounding, "empirical" moves the linear convs' output means onto the float model's,
     "both" does one then the other; measured on up to ``bias_images`` of the calibration images.
-    ``logit_floor``: when the scores come out of a LOGISTIC, the class logits' range starts at
-    ``LOGIT_FLOOR`` at the lowest (see there). ``float_sigmoid``: the
-    LOGISTIC that turns class logits into the postprocess op's scores stays float (continuous
-    scores instead of 1/256 steps; the logits are dequantized in front of it). ``equalize``:
+    ``logit_floor``: when the scores come out of an int8 LOGISTIC, the class logits' range starts
+    at ``LOGIT_FLOOR`` at the lowest (see there). ``float_sigmoid``: the LOGISTIC that turns class
+    logits into the scores stays float (continuous scores instead of 1/256 steps; the logits are
+    dequantized in front of it). ``equalize``:
     cross-layer range equalization of ReLU conv -> depthwise conv pairs first
     (``edgedet.tools.quantize_cle``). ``residual_equalize``: equalize the channels of the linear
     bottlenecks' residual streams first (``edgedet.tools.quantize_residual``, factors

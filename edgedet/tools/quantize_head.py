@@ -18,7 +18,7 @@ frames of the float model by the round-trip error of what is read downstream:
   (as ``quantize_measure.head_snr`` weighs it): errors on background anchors never reach a box.
 
 The error of a candidate range is computed from a fine histogram of all values of every frame
-(the logits of the last frame alone are ~1.2 million values), with TFLite's integer zero point.
+(the logits of one frame alone are ~1.2 million values), with TFLite's integer zero point.
 """
 
 from __future__ import annotations
@@ -27,16 +27,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .quantize import _round_half_away
+
 BINS = 16384
 CANDIDATES = 80  # range ends tried between the calibrated end and 2% of it
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-v))
-
-
-def _round_half_away(v: np.ndarray) -> np.ndarray:
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
 
 
 def histogram_error(centers: np.ndarray, counts: np.ndarray, lo: float, hi: float,
