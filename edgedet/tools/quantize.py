@@ -577,11 +577,12 @@ def int8_census(model) -> dict:
     sg = model.subgraphs[0]
     conv_total = conv_int8 = 0
     acts = set()
-    score_inputs = {int(op.inputs[1]) for op, name in _ops(model, sg) if name == POSTPROCESS_OP and len(op.inputs) > 1}
-    if not any(name == POSTPROCESS_OP for _, name in _ops(model, sg)):
-        score_inputs = {int(i) for i in sg.outputs}
+    ops = _ops(model, sg)
+    postprocess = [op for op, name in ops if name == POSTPROCESS_OP]
+    score_inputs = ({int(op.inputs[1]) for op in postprocess if len(op.inputs) > 1} if postprocess
+                    else {int(i) for i in sg.outputs})
     float_sigmoid = 0
-    for op, name in _ops(model, sg):
+    for op, name in ops:
         if name in ("QUANTIZE", "DEQUANTIZE", POSTPROCESS_OP):
             continue
         out0 = int(op.outputs[0])
@@ -739,7 +740,8 @@ def quantize_int8(src, out, calibration_images: Sequence, *, percentile: Union[f
             # a sigmoid in the graph, or one the decoder applies to raw logits (sidecar)
             activation = (load_sidecar(src).get("postprocess") or {}).get("score_activation")
             sigmoid = names["scores"] != names["logits"] or activation == "sigmoid"
-            head_chosen = task_ranges(float_path, inputs, names, ranges, sigmoid=sigmoid, threads=threads)
+            head_chosen = task_ranges(model, Path(tmp) / "head.tflite", inputs, names, ranges, sigmoid=sigmoid,
+                                      threads=threads)
             groups = {"logits": sigmoid_logits or parts["scores"], "boxes": parts["boxes"]}
             for key, (lo, hi) in head_chosen.items():
                 for name in groups[key] & set(ranges):

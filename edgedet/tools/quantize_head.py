@@ -68,39 +68,45 @@ def best_range(centers: np.ndarray, counts: np.ndarray, lo: float, hi: float, *,
 
 class _Histogram:
     def __init__(self, lo: float, hi: float, bins: int = BINS):
-        self.edges = np.linspace(lo, hi, bins + 1)
+        self.range = (lo, hi)
         self.counts = np.zeros(bins, np.float64)
 
     def add(self, values: np.ndarray, weights: Optional[np.ndarray] = None) -> None:
-        c, _ = np.histogram(values, bins=self.edges, weights=weights)
+        # bins and range rather than edges: numpy's equal-width path (no search per value)
+        c, _ = np.histogram(values, bins=self.counts.size, range=self.range, weights=weights)
         self.counts += c
 
     @property
     def centers(self) -> np.ndarray:
-        return (self.edges[:-1] + self.edges[1:]) / 2
+        edges = np.linspace(*self.range, self.counts.size + 1)
+        return (edges[:-1] + edges[1:]) / 2
 
 
-def task_ranges(float_path, inputs: Sequence[np.ndarray], names: dict, calibrated: dict, *,
+def task_ranges(float_model, work, inputs: Sequence[np.ndarray], names: dict, calibrated: dict, *,
                 sigmoid: bool, threads: Optional[int] = None) -> dict:
-    """``{"boxes": (lo, hi), "logits": (lo, hi)}`` for the float model's head tensors ``names``
-    (``quantize_measure.head_tensor_names``), searched within their ``calibrated`` min/max ranges
-    over ``inputs`` (see the module docstring). ``sigmoid``: the scores are the logits' sigmoid."""
+    """``{"boxes": (lo, hi), "logits": (lo, hi)}`` for the head tensors ``names``
+    (``quantize_measure.head_tensor_names``) of the float ``float_model`` (a ``ModelT``), searched
+    within their ``calibrated`` min/max ranges over ``inputs`` (see the module docstring).
+    ``sigmoid``: the scores are the logits' sigmoid. The model runs cut after the two tensors
+    (written to the scratch file ``work``): no postprocess, no intermediate tensors kept."""
     from ..runtime import load_interpreter
+    from .quantize_measure import anchor_confidence
+    from .quantize_round import write_truncated
 
-    interp = load_interpreter(float_path, threads, preserve_all_tensors=True)
-    index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
+    write_truncated(float_model, [names["boxes"], names["logits"]], work)
+    interp = load_interpreter(work, threads)
+    index = {d["name"]: d["index"] for d in interp.get_output_details()}
     in_index = interp.get_input_details()[0]["index"]
     hist = {k: _Histogram(*calibrated[names[k]]) for k in ("boxes", "logits") if names[k] in calibrated}
     for x in inputs:
         interp.set_tensor(in_index, x)
         interp.invoke()
-        logits = interp.get_tensor(index[names["logits"]]).astype(np.float64)
-        logits = logits.reshape(-1, logits.shape[-1])
+        logits = interp.get_tensor(index[names["logits"]])
         if "logits" in hist:
             hist["logits"].add(logits.reshape(-1))
         if "boxes" in hist:
-            scores = _sigmoid(logits) if sigmoid else logits
-            conf = (scores[:, 1:] if scores.shape[-1] > 1 else scores).max(-1)  # column 0: background
+            best = anchor_confidence(logits).astype(np.float64)
+            conf = _sigmoid(best) if sigmoid else best  # the sigmoid keeps the order: the best score
             boxes = interp.get_tensor(index[names["boxes"]]).astype(np.float64).reshape(conf.size, -1)
             hist["boxes"].add(boxes.reshape(-1), np.repeat(conf, boxes.shape[-1]))
     out = {}

@@ -65,6 +65,13 @@ class _Acc:
         return float(10 * np.log10(self.signal / max(self.noise, 1e-30)))
 
 
+def anchor_confidence(scores: np.ndarray) -> np.ndarray:
+    """Each anchor's best class score (or logit) of ``scores`` ``[..., N, C]``, as ``[N]``; column
+    0 is the background when there are several."""
+    s = scores.reshape(-1, scores.shape[-1])
+    return (s[:, 1:] if s.shape[-1] > 1 else s).max(-1)
+
+
 def tensor_value(interp, detail) -> np.ndarray:
     """The tensor of ``detail`` (an entry of ``get_tensor_details``) as float64, dequantized."""
     v = interp.get_tensor(detail["index"])
@@ -107,8 +114,7 @@ def head_snr(float_path, quant_path, inputs: Sequence[np.ndarray], *, extra: Seq
             acc[k].add(f, q)
         if "boxes_w" in acc:
             s = values["scores"][0] if "scores" in values else 1 / (1 + np.exp(-values["logits"][0]))
-            s = s.reshape(-1, s.shape[-1])
-            conf = (s[:, 1:] if s.shape[-1] > 1 else s).max(-1)  # column 0: background when present
+            conf = anchor_confidence(s)
             f, q = values["boxes"]
             acc["boxes_w"].add(f.reshape(conf.size, -1), q.reshape(conf.size, -1), conf[:, None])
     out = {k: round(a.db, 3) for k, a in acc.items()}
