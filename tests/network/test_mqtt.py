@@ -78,6 +78,7 @@ def test_people_events_state_and_availability(mosquitto, pedestrian_results):
             assert sub.wait_for(lambda: len(sub.events()) >= 3)
             time.sleep(0.3)
             stats = sink.stats()
+        assert sub.wait_for(lambda: len(sub.events()) >= stats["events_published"], 5)
         events = sub.events()
         assert stats["events_published"] == len(events) and stats["events_dropped"] == 0
         # only changes of the label counts are published, and there were some
@@ -93,8 +94,11 @@ def test_people_events_state_and_availability(mosquitto, pedestrian_results):
         assert frames == sorted(frames)
         topics = {t for t, _, _ in sub.messages}
         assert "edgedet/pi-test/door/detections" in topics and "edgedet/pi-test/door/state" in topics
+        # offline on a clean exit: acknowledged by the broker before close() returns, delivered
+        # to the subscriber a moment later
+        assert sub.wait_for(lambda: len(sub.on("edgedet/pi-test/availability")) >= 2, 5)
         avail = sub.on("edgedet/pi-test/availability")
-        assert [p for _, p, _ in avail] == [b"online", b"offline"]  # offline on a clean exit
+        assert [p for _, p, _ in avail] == [b"online", b"offline"]
         state = json.loads(sub.on("/state")[-1][1])
         assert state["counts"] == events[-1]["counts"]
     finally:
