@@ -66,7 +66,7 @@ class Detector:
         self.preprocessor = Preprocessor(spec, resize)
         self._input_index = loaded.input_index
         self.last_timings: dict[str, float] = {}
-        self._load_args: Optional[dict] = None  # how from_path opened the model (for replica)
+        self._load_args: Optional[dict] = None  # from_path's arguments but threads (for replica)
         self.decoder: Optional[SSDDecoder] = None
         if loaded.decoder == "ours":
             mode = "fast" if (class_agnostic or not opts.use_regular_nms) else "regular"
@@ -137,24 +137,17 @@ class Detector:
         mode = letterbox_or_stretch(resize, (loaded.sidecar.get("input") or {}).get("resize"))
         det = cls(loaded, path, names, score_threshold=score_threshold, iou_threshold=iou_threshold,
                   max_detections=max_detections, class_agnostic=class_agnostic, resize=mode, classes=classes)
-        det._load_args = {"postprocess": postprocess, "iou_threshold": iou_threshold,
-                          "max_detections": max_detections, "class_agnostic": class_agnostic}
+        det._load_args = {"labels": names, "score_threshold": score_threshold, "iou_threshold": iou_threshold,
+                          "max_detections": max_detections, "class_agnostic": class_agnostic,
+                          "postprocess": postprocess, "resize": mode, "classes": classes}
         return det
 
     def replica(self, threads: int) -> Detector:
         """Another detector for the same model and settings with its own interpreter of ``threads``
         threads (and its own input array): for running invokes of several frames at once."""
-        args = self._load_args
-        if args is None:
+        if self._load_args is None:
             raise TypeError("only a detector made by Detector.from_path can be replicated")
-        loaded = _open(self.path, threads, args["postprocess"], args["iou_threshold"], args["max_detections"],
-                       args["class_agnostic"])
-        det = type(self)(loaded, self.path, list(self.labels), score_threshold=self.score_threshold,
-                         iou_threshold=args["iou_threshold"], max_detections=args["max_detections"],
-                         class_agnostic=self.class_agnostic, resize=self.info.resize,
-                         classes=None if self.class_filter is None else [int(c) for c in self.class_filter])
-        det._load_args = dict(args)
-        return det
+        return type(self).from_path(self.path, threads=threads, **self._load_args)
 
     # -- the three steps --------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, fmt: str = "BGR") -> Prepared:
