@@ -251,34 +251,6 @@ def _store_int8(qmodel, tensor, q: np.ndarray) -> None:
     qmodel.buffers[tensor.buffer].size = 0
 
 
-def cross_objective(q: np.ndarray, w: np.ndarray, s: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Per row, ``(s q)^T H (s q) - 2 (s q)^T C w``: the output error ``E[(s q . x_hat - w . x)^2]``
-    up to a constant that does not depend on ``q``."""
-    sq = s.reshape(-1, 1) * q
-    if h.ndim == 2:
-        return np.einsum("od,od->o", sq @ h, sq) - 2 * np.einsum("od,od->o", sq, w @ c.T)
-    return np.einsum("od,ode,oe->o", sq, h, sq) - 2 * np.einsum("od,ode,oe->o", sq, c, w)
-
-
-def validated_round(w: np.ndarray, s: np.ndarray, folds: Sequence[tuple], *,
-                    max_move: Optional[int] = None) -> np.ndarray:
-    """``greedy_round`` with cross moments on all of ``folds`` (``(h, c)`` pairs of equal weight,
-    e.g. two halves of the calibration images), kept only for the rows whose rounding, fitted on
-    each fold alone, lowers the output error on the other folds (``cross_objective``): the others
-    keep nearest rounding. A guard against fitting the noise of a few images' patches."""
-    near = np.clip(np.round(w / s.reshape(-1, 1)), -_QMAX, _QMAX)
-    gain = np.zeros(w.shape[0])
-    for k, (h, c) in enumerate(folds):
-        q = greedy_round(w, s, h, c=c, max_move=max_move)
-        for j, (h2, c2) in enumerate(folds):
-            if j != k:
-                gain += cross_objective(near, w, s, h2, c2) - cross_objective(q, w, s, h2, c2)
-    h = sum(f[0] for f in folds) / len(folds)
-    c = sum(f[1] for f in folds) / len(folds)
-    q = greedy_round(w, s, h, c=c, max_move=max_move)
-    return np.where((gain > 0)[:, None], q, near)
-
-
 def _rows(qmodel, t: Target) -> tuple:
     """``t``'s int8 weight tensor, its per-channel scales and its float weights, output axis first."""
     wt = qmodel.subgraphs[0].tensors[t.layer.w]
@@ -315,18 +287,6 @@ def round_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarray], 
     return len(tgts)
 
 
-def reround_validated(qmodel, t: Target, folds: Sequence[PatchMoments], *, centered: bool,
-                      max_move: Optional[int] = None) -> None:
-    """Re-round ``t``'s int8 weights in ``qmodel`` (same scales) by ``validated_round`` on the
-    cross moments of ``folds`` (e.g. the patches of every other calibration image)."""
-    wt, scale, w = _rows(qmodel, t)
-    pairs = [(m.matrix(centered), m.cross(centered)) for m in folds]
-    norm = max(max(float(np.abs(h).max()) for h, _ in pairs), 1e-30)
-    q = validated_round(w.reshape(w.shape[0], -1), scale, [(h / norm, c / norm) for h, c in pairs],
-                        max_move=max_move)
-    _store_rows(qmodel, t, wt, q, w.shape)
-
-
 def conv_depths(model) -> dict:
     """``{op_index: depth}``: the number of CONV_2D / DEPTHWISE_CONV_2D ops on the longest path
     from the model input to each op, itself included (operators are in topological order). Layers
@@ -340,22 +300,6 @@ def conv_depths(model) -> dict:
         for o in op.outputs:
             producer[int(o)] = k
     return depth
-
-
-def waves(depths: Sequence[int], groups: int, *, single: int = 0) -> list:
-    """Split layers (their ``depths``) into at most ``groups`` passes of consecutive depths: the
-    first ``single`` depths one pass each, the rest in passes of about equal numbers of depths.
-    Returns lists of layer positions, in order."""
-    levels = sorted(set(int(d) for d in depths))
-    head, rest = levels[:single], levels[single:]
-    chunks = [[d] for d in head]
-    n = max(1, min(groups - len(head), len(rest)))
-    chunks += [list(c) for c in np.array_split(np.asarray(rest, int), n) if len(c)] if rest else []
-    where = {d: k for k, c in enumerate(chunks) for d in c}
-    out: list = [[] for _ in chunks]
-    for pos, d in enumerate(depths):
-        out[where[int(d)]].append(pos)
-    return [w for w in out if w]
 
 
 def write_truncated(model, names: Sequence[str], path) -> None:
@@ -379,23 +323,19 @@ def write_truncated(model, names: Sequence[str], path) -> None:
 
 def compensate_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarray], work, *,
                       threads: Optional[int] = None, centered: bool = True, correct_bias: bool = True,
-                      max_move: Optional[int] = 1, groups: Optional[int] = None, single: int = 0,
-                      max_depth: Optional[int] = None, min_ratio: float = 16.0, validate: bool = False,
-                      positions: int = 2048, seed: int = 0, log=None) -> list:
+                      max_move: Optional[int] = 1, max_depth: Optional[int] = None, min_ratio: float = 16.0,
+                      positions: int = 2048, seed: int = 0) -> list:
     """Error-compensating rounding of every CONV_2D / depthwise (multiplier 1) layer of ``qmodel``
     (edited in place; float weights from ``float_model``, written at ``float_path``).
 
-    Layers are taken in passes of consecutive conv depths (``waves``; one pass per depth when
-    ``groups`` is None, else ``groups`` passes, the first ``single`` depths alone): for each pass the int8
+    Layers are taken one conv depth per pass (``conv_depths``): for each pass the int8
     model as it stands and the float model, both cut after the pass's inputs (``write_truncated``
     into ``work``, a scratch file, and beside it), run on ``inputs``, and each layer of the pass
     gets the integer weights (same scales, within ``max_move`` of nearest rounding) that lower
     ``E[(s q . x_hat - w . x)^2]`` per output channel, ``x_hat`` being its int8 input patches
     (produced by the layers already re-rounded) and ``x`` the float ones at the same positions
     (``greedy_round`` with cross moments; covariances when ``centered``). A layer with fewer than
-    ``min_ratio`` patches per weight of an output channel keeps nearest rounding; with
-    ``validate`` a channel keeps it too unless the rounding fitted on every other input lowers
-    the error on the rest and vice versa (``validated_round``). With
+    ``min_ratio`` patches per weight of an output channel keeps nearest rounding. With
     ``correct_bias`` each layer's weight-rounding mean shift ``(W_q - W) E[x_hat]`` is then taken
     out of its bias (``quantize_bias.weight_error_correction`` for that layer), so that later
     passes see the corrected outputs. ``max_depth``: only the layers up to that conv depth
@@ -414,9 +354,11 @@ def compensate_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarr
     work = Path(work)
     fwork = work.with_name(work.stem + "_float.tflite")
     done = []
-    levels = [depth[t.layer.op_index] for t in tgts]
-    for k, group in enumerate(waves(levels, groups or len(set(levels)), single=single)):
-        layers = [tgts[i] for i in group]
+    by_depth: dict = {}
+    for t in tgts:
+        by_depth.setdefault(depth[t.layer.op_index], []).append(t)
+    for k, level in enumerate(sorted(by_depth)):
+        layers = by_depth[level]
         names = [tfl.tensor_name(sg.tensors[t.layer.x]) for t in layers]
         write_truncated(qmodel, sorted(set(names)), work)
         write_truncated(float_model, sorted({t.float_input for t in layers}), fwork)
@@ -425,32 +367,25 @@ def compensate_layers(qmodel, float_model, float_path, inputs: Sequence[np.ndarr
         q_det = {d["name"]: d for d in qi.get_tensor_details()}
         f_index = {d["name"]: d["index"] for d in fi.get_tensor_details()}
         q_in, f_in = qi.get_input_details()[0]["index"], fi.get_input_details()[0]["index"]
-        nfold = 2 if validate else 1
-        folds = [[PatchMoments(t.layer.kind == "DEPTHWISE_CONV_2D") for _ in range(nfold)] for t in layers]
+        moments = [PatchMoments(t.layer.kind == "DEPTHWISE_CONV_2D") for t in layers]
         means = [0.0] * len(layers)
         rng = np.random.default_rng(seed + k)
-        for i, x in enumerate(inputs):
+        for x in inputs:
             fi.set_tensor(f_in, x)
             qi.set_tensor(q_in, x)
             fi.invoke()
             qi.invoke()
-            for j, (t, name, fold) in enumerate(zip(layers, names, folds)):
+            for j, (t, name, mom) in enumerate(zip(layers, names, moments)):
                 v, vq = fi.get_tensor(f_index[t.float_input]), tensor_value(qi, q_det[name])
                 n = output_size(v.shape, t.window)
                 pos = rng.choice(n, size=min(positions, n), replace=False)
-                fold[i % nfold].add(patches(vq, t.window, pos), patches(v, t.window, pos))
+                mom.add(patches(vq, t.window, pos), patches(v, t.window, pos))
                 means[j] = means[j] + vq.reshape(-1, vq.shape[-1]).mean(0) / len(inputs)
-        for t, fold, mean in zip(layers, folds, means):
-            if sum(m.n for m in fold) < min_ratio * fold[0].s2.shape[-1]:
-                pass  # too few patches for its weights: nearest rounding
-            elif validate:
-                reround_validated(qmodel, t, fold, centered=centered, max_move=max_move)
-            else:
-                reround(qmodel, t, fold[0], centered=centered, max_move=max_move)
+        for t, mom, mean in zip(layers, moments, means):
+            if mom.n >= min_ratio * mom.s2.shape[-1]:  # else too few patches for its weights: nearest
+                reround(qmodel, t, mom, centered=centered, max_move=max_move)
             if correct_bias:
                 dw = _dequantized_weights(qmodel, sg.tensors[t.layer.w]) - t.layer.float_weights
                 _add_to_bias(qmodel, t.layer, -weight_shift(t.layer, dw, mean))
             done.append(t.layer)
-        if log:
-            log(f"compensating rounding: pass {k + 1}, {len(layers)} layers")
     return done

@@ -13,8 +13,6 @@ from edgedet.tools.quantize_round import (
     conv_depths,
     greedy_round,
     patches,
-    validated_round,
-    waves,
     window_of,
     write_truncated,
 )
@@ -134,16 +132,6 @@ def test_depthwise_cross_moments_match_a_direct_computation():
         np.testing.assert_allclose(mom.cross(centered=True)[ch], expect, atol=1e-12)
 
 
-def test_waves_keep_depth_order_and_the_pass_budget():
-    depths = [1, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10]
-    ws = waves(depths, 4, single=2)
-    assert ws[:2] == [[0], [1]] and len(ws) == 4
-    assert sorted(i for w in ws for i in w) == list(range(len(depths)))
-    flat = [depths[i] for w in ws for i in w]
-    assert flat == sorted(flat)
-    assert waves(depths, 100) == [[0], [1], [2], [3, 4], [5], [6], [7, 8], [9], [10], [11]]
-
-
 def test_conv_depths_of_the_asset_follow_its_chain(fpnlite_model):
     model = tfl.read_model(fpnlite_model)
     prepare_float_model(model)
@@ -153,22 +141,6 @@ def test_conv_depths_of_the_asset_follow_its_chain(fpnlite_model):
              if tfl.opcode_name(model, op.opcodeIndex) in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     assert [depth[k] for k in convs[:4]] == [1, 2, 3, 4]  # stem, depthwise, projection, expansion
     assert max(depth.values()) > 50
-
-
-def test_validated_rounding_keeps_only_channels_that_generalize():
-    x, xq, w, s = _perturbed_layer(3)
-    nearest = np.round(w / s[:, None])
-    folds = []
-    for k in range(2):
-        mom = PatchMoments(depthwise=False)
-        mom.add(xq[k::2].reshape(-1, 3, 3, 3), x[k::2].reshape(-1, 3, 3, 3))
-        folds.append((mom.matrix(centered=True), mom.cross(centered=True)))
-    q = validated_round(w, s, folds, max_move=1)
-    assert np.abs(q - nearest).max() <= 1 and (q != nearest).any()
-    assert _output_error(q, w, s, xq, x).sum() < _output_error(nearest, w, s, xq, x).sum()
-    # unperturbed inputs: nothing generalizes beyond nearest rounding of on-grid weights
-    same = [(h, h) for h, _ in folds]
-    np.testing.assert_array_equal(validated_round(w, s, same, max_move=1), nearest)
 
 
 def test_truncated_model_gives_the_same_early_tensor(fpnlite_model, tmp_path):
