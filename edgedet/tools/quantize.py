@@ -55,8 +55,9 @@ import numpy as np
 
 from .. import tflite_file as tfl
 from ..errors import ConfigError, EdgedetError, ModelError
+from ..model import POSTPROCESS_OP
+from .quantize_measure import head_roots
 
-POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 _FLOAT32, _FLOAT16, _INT32, _UINT8, _INT8 = 0, 1, 2, 3, 9
 
@@ -226,19 +227,12 @@ def head_parts(model) -> dict:
     producer = {}
     for op, name in _ops(model, sg):
         for o in op.outputs:
-            producer[o] = (op, name)
-    roots = None
-    for op, name in _ops(model, sg):
-        if name == POSTPROCESS_OP:
-            roots = list(op.inputs[:2])
-    if roots is None:  # raw-output model: boxes [1, N, 4], scores [1, N, C]
-        outs = list(sg.outputs)
-        roots = sorted(outs, key=lambda t: int(sg.tensors[t].shape[-1]) != 4)[:2] if len(outs) >= 2 else outs
+            producer[int(o)] = (op, name)
     parts = {}
-    for key, root in zip(("boxes", "scores"), roots):
+    for key, root in zip(("boxes", "scores"), head_roots(model)):
         names, stack, seen = set(), [root], set()
         while stack:
-            t = stack.pop()
+            t = int(stack.pop())
             if t < 0 or t in seen:
                 continue
             seen.add(t)

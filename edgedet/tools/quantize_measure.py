@@ -20,8 +20,21 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import tflite_file as tfl
+from ..model import POSTPROCESS_OP
 
-POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+
+def head_roots(model) -> list:
+    """Tensor indices of the head's box encodings and scores: the postprocess op's two first
+    inputs or, in a raw-output model, its outputs ``[1, N, 4]`` then ``[1, N, C]`` (up to two)."""
+    sg = model.subgraphs[0]
+    roots = None
+    for op in sg.operators:
+        if tfl.opcode_name(model, op.opcodeIndex) == POSTPROCESS_OP:
+            roots = [int(op.inputs[0]), int(op.inputs[1])]
+    if roots is None:
+        outs = [int(i) for i in sg.outputs]
+        roots = sorted(outs, key=lambda t: int(sg.tensors[t].shape[-1]) != 4)[:2]
+    return roots
 
 
 def head_tensor_names(model) -> dict:
@@ -33,14 +46,7 @@ def head_tensor_names(model) -> dict:
     for op in sg.operators:
         for o in op.outputs:
             producer[int(o)] = op
-    roots = None
-    for op in sg.operators:
-        if tfl.opcode_name(model, op.opcodeIndex) == POSTPROCESS_OP:
-            roots = [int(op.inputs[0]), int(op.inputs[1])]
-    if roots is None:
-        outs = [int(i) for i in sg.outputs]
-        roots = sorted(outs, key=lambda t: int(sg.tensors[t].shape[-1]) != 4)[:2]
-    box, score = roots
+    box, score = head_roots(model)
     logits = score
     p = producer.get(score)
     if p is not None and tfl.opcode_name(model, p.opcodeIndex) in ("LOGISTIC",):

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..model import POSTPROCESS_OP
 from ..tflite_file import model_to_bytes, opcode_name, read_model, schema, tensor_array, tensor_name, write_model
-
-POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 
 
 @dataclass

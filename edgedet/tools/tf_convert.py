@@ -36,11 +36,11 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError, EdgedetError, ModelError, SourceError
+from ..model import POSTPROCESS_OP
 
 QUANTIZE_MODES = (None, "int8", "fp16", "dynamic")
 POSTPROCESS_MODES = ("keep", "fuse", "strip", "raw")
 INPUT_DTYPES = ("uint8", "int8")
-POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 OP_OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
 RAW_OUTPUT_NAMES = ("box_encodings", "class_predictions")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
