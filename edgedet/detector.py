@@ -4,18 +4,21 @@ The pipeline runs ``prepare`` + ``infer`` in one thread and ``decode`` in anothe
 the outputs it returns, so the next ``invoke`` never changes what a decode is reading. ``prepare``
 reuses one preallocated input array (call ``prepare`` + ``infer`` from one thread only).
 
-Who decodes (``postprocess``):
+Who decodes (``decoder``, ``--decoder``):
 
 * ``op``: the model's in-graph ``TFLite_Detection_PostProcess`` op (form-op models only);
-* ``ours``: our numpy decode + NMS; a form-op model is stripped of its op at load, and our decode
-  reproduces the op (same boxes, classes and scores);
-* ``auto``: ``ours`` whenever the op can be stripped (its anchors are a constant tensor) - ours
+* ``edgedet``: edgedet's numpy decode + NMS (``edgedet.postprocess``); a form-op model is stripped
+  of its op at load, and this decode reproduces the op (same boxes, classes and scores);
+* ``auto``: ``edgedet`` whenever the op can be stripped (its anchors are a constant tensor) - it
   gives the op's detections bit for bit and takes less time than the op itself (measured with
   ``tools/bench_decode.py``, see docs/models.md) - else ``op``.
+
+``decode`` returns final detections: boxes in pixels of the frame (``Prepared.to_frame``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -24,15 +27,18 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .config import config_from_dict, renamed
 from .detections import Detections
 from .errors import ConfigError
 from .labels import class_ids_for, fit_labels, generic_labels, read_label_file
-from .model import LoadedModel, ModelInfo, open_model
+from .model import DECODERS, LoadedModel, ModelInfo, open_model
 from .postprocess.decode import DecodeSettings, SSDDecoder
 from .preprocess import Prepared, Preprocessor, letterbox_or_stretch
 from .sidecar import resolve_relative
 
 __all__ = ["Detector", "Prepared", "RawOutputs", "ModelInfo"]
+
+log = logging.getLogger("edgedet.model")
 
 
 @dataclass
@@ -66,7 +72,7 @@ class Detector:
         self.preprocessor = Preprocessor(spec, resize)
         self._input_index = loaded.input_index
         self.last_timings: dict[str, float] = {}
-        self._load_args: Optional[dict] = None  # from_path's arguments but threads (for replica)
+        self._load_args: Optional[dict] = None  # the constructor's settings, set by from_path (for replica)
         self.decoder: Optional[SSDDecoder] = None
         if loaded.decoder == "ours":
             mode = "fast" if (class_agnostic or not opts.use_regular_nms) else "regular"
@@ -115,44 +121,53 @@ class Detector:
     def from_path(cls, path: Union[str, os.PathLike], *, threads: Optional[int] = None,
                   labels: Union[str, os.PathLike, Sequence[str], None] = None, score_threshold: float = 0.5,
                   iou_threshold: Optional[float] = None, max_detections: Optional[int] = None,
-                  class_agnostic: bool = False, postprocess: str = "auto", resize: str = "auto",
-                  classes: Optional[Sequence[Union[str, int]]] = None) -> Detector:
+                  class_agnostic: bool = False, decoder: str = "auto", resize: str = "auto",
+                  classes: Optional[Sequence[Union[str, int]]] = None, postprocess: Optional[str] = None) -> Detector:
         """Load a model. ``labels``: a label file, a list, or None (the sidecar's, else ``class0..``).
 
         ``iou_threshold`` / ``max_detections`` default to the model's own. ``class_agnostic=True``
         forces one NMS over all classes; False keeps the model's own NMS (the op's fast mode is
-        class-agnostic; raw models get per-class NMS).
+        class-agnostic; raw models get per-class NMS). ``decoder``: see the module docstring
+        (``postprocess`` is its old name, where ``ours`` means ``edgedet``). The settings get the
+        checks of the configuration (``ConfigError`` naming the ``model.*`` key) before the file is read.
         """
         path = Path(path)
-        if postprocess not in ("auto", "ours", "op"):
-            raise ConfigError(f"model.postprocess: expected auto, ours or op, got {postprocess!r}")
-        if not 0.0 <= float(score_threshold) <= 1.0:
-            raise ConfigError(f"model.score_threshold: must be within 0..1, got {score_threshold}")
-        if iou_threshold is not None and not 0.0 < float(iou_threshold) <= 1.0:
-            raise ConfigError(f"model.iou_threshold: must be within (0, 1], got {iou_threshold}")
-        if max_detections is not None and int(max_detections) < 1:
-            raise ConfigError(f"model.max_detections: must be at least 1, got {max_detections}")
-        loaded = _open(path, threads, postprocess, iou_threshold, max_detections, class_agnostic)
+        decoder = _checked_decoder(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                   max_detections=max_detections, decoder=decoder, postprocess=postprocess)
+        loaded = _open(path, threads, decoder, iou_threshold, max_detections, class_agnostic)
         names = _labels(labels, loaded, path)
+        if labels is None and names == generic_labels(len(names)):
+            log.warning("model %s has no labels: its %d classes are named class0..class%d (give --labels or a "
+                        "sidecar `labels:`)", path.name, len(names), len(names) - 1)
         mode = letterbox_or_stretch(resize, (loaded.sidecar.get("input") or {}).get("resize"))
         det = cls(loaded, path, names, score_threshold=score_threshold, iou_threshold=iou_threshold,
                   max_detections=max_detections, class_agnostic=class_agnostic, resize=mode, classes=classes)
         det._load_args = {"labels": names, "score_threshold": score_threshold, "iou_threshold": iou_threshold,
                           "max_detections": max_detections, "class_agnostic": class_agnostic,
-                          "postprocess": postprocess, "resize": mode, "classes": classes}
+                          "resize": mode, "classes": classes}
         return det
 
     def replica(self, threads: int) -> Detector:
         """Another detector for the same model and settings with its own interpreter of ``threads``
-        threads (and its own input array): for running invokes of several frames at once."""
+        threads (and its own input array): for running invokes of several frames at once. Built
+        from the model bytes already loaded (no file read, no strip)."""
         if self._load_args is None:
             raise TypeError("only a detector made by Detector.from_path can be replicated")
-        return type(self).from_path(self.path, threads=threads, **self._load_args)
+        twin = type(self)(self._m.replica(threads), self.path, **self._load_args)
+        twin._load_args = self._load_args
+        return twin
 
     # -- the three steps --------------------------------------------------------------------------
-    def prepare(self, image: np.ndarray, fmt: str = "BGR") -> Prepared:
-        """Resize + colour + normalize ``image`` into the model's (reused) input array."""
-        return self.preprocessor.prepare(image, fmt)
+    @property
+    def threads(self) -> int:
+        """Threads of this detector's interpreter."""
+        return int(self.info.threads)
+
+    def prepare(self, image: np.ndarray, fmt: str = "BGR", frame_size: Optional[tuple[int, int]] = None) -> Prepared:
+        """Resize + colour + normalize ``image`` into the model's (reused) input array. ``frame_size``:
+        the frame ``image`` is a smaller copy of (a camera's lores stream): ``decode`` gives boxes in
+        that frame's pixels."""
+        return self.preprocessor.prepare(image, fmt, frame_size)
 
     def infer(self, prepared: Prepared) -> RawOutputs:
         """Run the model on a prepared input; returns copies of its outputs."""
@@ -165,8 +180,8 @@ class Detector:
         return RawOutputs(arrays, ms)
 
     def decode(self, raw: RawOutputs, prepared: Prepared) -> Detections:
-        """Boxes in pixels of the image given to ``prepare`` (clipped), 0-based class ids, filtered."""
-        w, h = self.input_size
+        """Final detections: boxes in frame pixels (clipped; ``Prepared.to_frame``), 0-based class
+        ids, filtered by ``classes``."""
         if self.decoder is None:
             a = raw.arrays
             n = int(np.asarray(a["count"]).reshape(-1)[0])
@@ -185,12 +200,7 @@ class Detector:
             boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
         if len(scores) == 0:
             return Detections.empty()
-        xyxy = np.empty((len(boxes), 4), np.float32)  # (ymin, xmin, ymax, xmax) normalized -> input pixels
-        xyxy[:, 0] = boxes[:, 1] * w
-        xyxy[:, 1] = boxes[:, 0] * h
-        xyxy[:, 2] = boxes[:, 3] * w
-        xyxy[:, 3] = boxes[:, 2] * h
-        return Detections(prepared.to_image(xyxy), scores, cls)
+        return Detections(prepared.to_frame(boxes), scores, cls)
 
     def detect(self, image: np.ndarray, fmt: str = "BGR") -> Detections:
         prepared = self.prepare(image, fmt)
@@ -210,8 +220,21 @@ class Detector:
                 f"input={i.input_size[0]}x{i.input_size[1]} {i.input_dtype}, classes={i.num_classes})")
 
 
-def _open(path: Path, threads, postprocess: str, iou_threshold, max_detections, class_agnostic) -> LoadedModel:
-    loaded = open_model(path, threads=threads, postprocess=postprocess)
+def _checked_decoder(*, postprocess: Optional[str], **settings) -> str:
+    """The settings checked as ``model.*`` options of a config file; the decoder under its model name."""
+    if postprocess is not None:
+        settings["decoder"] = renamed("model.postprocess").new_value(postprocess)
+    model = config_from_dict({"model": {k: v for k, v in settings.items() if v is not None}}).model
+    if model.decoder in DECODERS:
+        return model.decoder
+    return _MODEL_DECODER[model.decoder]
+
+
+_MODEL_DECODER = {"edgedet": "ours"}  # edgedet's decoder under the name open_model gives it
+
+
+def _open(path: Path, threads, decoder: str, iou_threshold, max_detections, class_agnostic) -> LoadedModel:
+    loaded = open_model(path, threads=threads, decoder=decoder)
     if loaded.decoder == "op":
         _check_op_can(loaded, iou_threshold, max_detections, class_agnostic)
     return loaded
@@ -221,12 +244,12 @@ def _check_op_can(loaded: LoadedModel, iou_threshold, max_detections, class_agno
     o = loaded.options
     if iou_threshold is not None and abs(float(iou_threshold) - o.iou_threshold) > 1e-6:
         raise ConfigError(f"model.iou_threshold: the in-graph op's NMS IoU is fixed at {o.iou_threshold:g}; "
-                          "use postprocess 'ours' for another")
+                          "use --decoder edgedet for another")
     if max_detections is not None and int(max_detections) > o.max_detections:
         raise ConfigError(f"model.max_detections: the in-graph op returns at most {o.max_detections}; "
-                          "use postprocess 'ours' for more")
+                          "use --decoder edgedet for more")
     if class_agnostic and o.use_regular_nms:
-        raise ConfigError("model.class_agnostic: the in-graph op does per-class NMS; use postprocess 'ours'")
+        raise ConfigError("model.class_agnostic: the in-graph op does per-class NMS; use --decoder edgedet")
 
 
 def _labels(labels, loaded: LoadedModel, path: Path) -> list[str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 
 from .detections import Detections
+
+if TYPE_CHECKING:
+    from .tracking import ObjectEvent, ZoneUpdate
 
 
 @dataclass
@@ -39,7 +42,13 @@ class Frame:
 
 @dataclass
 class Result:
-    """A frame with its detections and per-stage timings (milliseconds). Sinks only read it."""
+    """A frame with its detections and per-stage timings (milliseconds). Sinks only read it.
+
+    When tracked: ``detections.track_ids`` are set, ``objects`` holds the object events of this
+    frame (new / update / end), ``zones`` who is in which zone and the line crossings, and
+    ``line_counts`` the running in/out counts per line. ``inferred`` is False on a frame the motion
+    gate let pass without running the model (its detections are empty, tracks coast).
+    """
 
     frame: Frame
     detections: Detections
@@ -47,3 +56,7 @@ class Result:
     labels: Optional[list[str]] = None
     annotated: Optional[np.ndarray] = None  # the overlaid image, drawn once and shared by sinks
     fps: float = 0.0  # processed frames per second (recent)
+    objects: List[ObjectEvent] = field(default_factory=list)
+    zones: Optional[ZoneUpdate] = None
+    line_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    inferred: bool = True

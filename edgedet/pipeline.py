@@ -3,21 +3,28 @@
 ::
 
     source.read() ─Frame─▶ [to_infer] ─▶ prepare + invoke ─▶ [to_decode] ─▶ decode ─▶ [to_output] ─▶ overlay, sinks
-     capture thread                       infer thread                    decode thread            output thread
+     capture thread                       infer thread(s)                 decode thread            output thread
 
 The hand-offs (``edgedet.slot``) keep only the newest item when frames may be dropped (live
 sources: a slow stage always works on the freshest frame, and every overwritten item is counted
 per slot) and are bounded blocking queues otherwise (files: every frame is processed). When
-nothing is dropped, frames are preprocessed ahead in the capture thread (into a small ring of
+nothing is dropped, frames are preprocessed ahead in the capture thread (into a small pool of
 preallocated input arrays), so the inference thread does nothing but invoke; when frames are
 dropped, only the frames that are inferred are preprocessed, in the inference thread.
 
-Inference workers: when every frame is processed, ``workers`` interpreters (replicas of the
-detector, ``Detector.replica``; by default one single-thread interpreter per interpreter thread)
-each invoke a different frame, side by side, and the decode thread puts their results back in
-capture order. Single-thread interpreters on different frames never wait for one another, where
-one interpreter with a thread on every core stalls all of them whenever another stage takes a
-core. Live sources (dropping) keep one interpreter with every thread: the lowest latency.
+The pipeline needs from a detector only what the ``Detector`` protocol below says: ``prepare``
+(the frame's picture, or its lores copy, into the model input: a ``Prepared`` that maps boxes back
+to the frame), ``infer``, ``decode`` (final detections in frame pixels), ``replica`` and a few
+attributes. ``edgedet.detector.Detector`` is the one for TFLite models.
+
+Inference workers: when every frame is processed, ``workers`` interpreters each invoke a different
+frame, side by side, and the decode thread puts their results back in capture order
+(``plan_workers``: by default one single-thread interpreter per interpreter thread). The detector
+given is worker 0 when it has the per-worker thread count (``run_from_config`` builds it so), the
+others are ``detector.replica(threads)``. Single-thread interpreters on different frames never
+wait for one another, where one interpreter with a thread on every core stalls all of them
+whenever another stage takes a core. Live sources (dropping) keep one interpreter with every
+thread: the lowest latency.
 
 Lifecycle: ``with Pipeline(...) as p: stats = p.run()``. Entering opens the source, then the
 sinks; leaving stops the threads and closes the sinks in reverse order, then the source. ``run``
@@ -27,12 +34,13 @@ captured is finished, the recording finalized, the events file complete -- a sec
 the exit with ``KeyboardInterrupt``), or when a sink raises ``StopRequested`` (window closed).
 An exception in any stage stops every stage and is re-raised by ``run``.
 
-``run_from_config(cfg)`` builds the detector, source and sinks from a ``Config`` and runs them.
+``run_from_config(cfg)`` checks the configuration, resolves the source, then builds the detector,
+the source and the sinks once each, and runs them.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import signal
 import sys
@@ -40,24 +48,97 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Sequence
+from typing import IO, Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .config import Config
+from .config import Config, validate
 from .detections import Detections
 from .errors import ModelError, SinkError
 from .frame import Frame, Result
+from .motion import MotionGate, MotionSettings
+from .postprocess.nms import iou_matrix
+from .preprocess import Prepared
 from .sinks.base import Sink, SinkContext
 from .sinks.overlay import Overlay
 from .sinks.window import StopRequested
 from .slot import Closed, make_handoff
 from .sources.base import Source
-from .stats import PipelineStats, format_text, write_json
+from .stats import STAGES, PipelineStats, format_text, write_json
+from .tracking import (
+    ByteTracker,
+    EventSettings,
+    ObjectEvent,
+    ObjectEvents,
+    TrackerSettings,
+    ZoneCounter,
+    ZoneUpdate,
+)
 
 log = logging.getLogger("edgedet.pipeline")
 
-__all__ = ["Pipeline", "run_from_config", "StopRequested"]
+__all__ = ["Detector", "Pipeline", "StopRequested", "TrackingStage", "build_detector", "build_motion",
+           "build_tracking", "detector_limits", "plan_workers", "run_from_config"]
+
+
+class DetectorInfo(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Inferred(Protocol):
+    """What ``infer`` returns: the raw outputs (read only by the same detector's ``decode``)."""
+
+    @property
+    def invoke_ms(self) -> float: ...
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the pipeline needs from a detector.
+
+    ``prepare`` fits a picture into the model input (``frame_size``: the frame the picture is a
+    smaller copy of, e.g. the Pi camera's lores stream); it may reuse one input array, the
+    pipeline copies ``Prepared.tensor`` when it prepares frames ahead. ``infer`` runs the model and
+    returns outputs that the next ``infer`` does not change. ``decode`` turns them into the final
+    detections in frame pixels. ``prepare`` + ``infer`` run in one thread, ``decode`` in another.
+    ``replica(threads)`` is another detector of the same model and settings with its own
+    interpreter of ``threads`` threads; ``threads`` is this one's. ``labels`` index class ids.
+    """
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def info(self) -> DetectorInfo: ...
+
+    def prepare(self, image: np.ndarray, fmt: str = "BGR",
+                frame_size: Optional[tuple[int, int]] = None) -> Prepared: ...
+
+    def infer(self, prepared: Prepared) -> Inferred: ...
+
+    def decode(self, raw: Any, prepared: Prepared) -> Detections: ...
+
+    def replica(self, threads: int) -> Detector: ...
+
+
+def plan_workers(threads: int, workers: Optional[int], drop: bool) -> tuple[int, int]:
+    """``(inference workers, threads per worker)`` for ``threads`` interpreter threads in all.
+
+    Dropping frames (live): one interpreter with every thread. Every frame: ``workers``
+    interpreters (default: one per thread) sharing the threads.
+    """
+    threads = max(1, int(threads))
+    if drop:
+        return 1, threads
+    count = max(1, int(workers if workers is not None else threads))
+    return count, threads if count == 1 else max(1, threads // count)
 
 
 @dataclass
@@ -66,16 +147,18 @@ class _Captured:
 
     frame: Frame
     seq: int
-    prepared: Any = None
+    prepared: Optional[Prepared] = None
     preprocess_ms: float = 0.0
     buffer: Optional[np.ndarray] = None  # the pool's array holding the prepared input, until invoked
+    skip: bool = False  # the motion gate let it pass without the model
 
 
-def _model_image(frame: Frame) -> tuple:
-    """What the detector runs on: the lores stream when the source has one."""
+def _model_input(frame: Frame) -> tuple[np.ndarray, str, Optional[tuple[int, int]]]:
+    """``prepare``'s arguments: the lores stream when the source has one (its boxes go back to the
+    main picture), else the picture itself."""
     if frame.lores is not None:
-        return frame.lores, frame.lores_format
-    return frame.image, "BGR"
+        return frame.lores, frame.lores_format, (frame.width, frame.height)
+    return frame.image, "BGR", None
 
 
 @dataclass
@@ -84,8 +167,8 @@ class _Work:
 
     frame: Frame
     seq: int
-    prepared: Any
-    raw: Any
+    prepared: Optional[Prepared]  # None with raw: the model did not run (motion gate)
+    raw: Optional[Inferred]
     timings: dict
 
 
@@ -144,24 +227,149 @@ class _RateMeter:
         return (k - 1) / span if span > 0 else 0.0
 
 
+class TrackingStage:
+    """Detections -> tracked detections, object events and zone occupancy, one frame at a time.
+
+    Runs in the decode thread (frames in capture order). The tracker sees every detection down to
+    its ``low_score``; the result's ``detections`` are those at or above ``threshold`` (what the
+    detector reports untracked), with their track ids (-1 until an object is confirmed).
+    ``clock(frame)`` gives the time the tracker and the object events use: seconds of video for
+    files (frame index / fps, so a file processed faster than real time ends tracks on time),
+    the capture's wall-clock time for live sources. Zones with normalized coordinates are placed
+    on the first frame, when its size is known.
+
+    ``moving`` counts the objects alive that moved within ``stationary_s`` seconds (their box left
+    the place where it last settled: IoU below ``STILL_IOU``); the motion gate keeps the model
+    running for them, while a parked car is only looked at every keep-alive interval.
+    ``pending_frames`` counts the frames with a detection that could start a track
+    (``new_track_score``) not on a confirmed track yet: when it grows, the gate runs the model on a
+    few frames in a row, so a new object gets the consecutive detections that confirm it.
+    """
+
+    STILL_IOU = 0.8
+
+    def __init__(self, settings: TrackerSettings, labels: Optional[Sequence[str]] = None, *,
+                 threshold: Optional[float] = None, events: EventSettings = EventSettings(),
+                 zones: Sequence = (), lines: Sequence = (), anchor: str = "bottom_center",
+                 stationary_s: float = 3.0) -> None:
+        self.tracker = ByteTracker(settings)
+        self.events = ObjectEvents(labels, events)
+        self.threshold = settings.high_score if threshold is None else float(threshold)
+        self.counter: Optional[ZoneCounter] = None
+        self._zones = (tuple(zones), tuple(lines), anchor)
+        self.fps = 0.0  # > 0: the media clock (set by the pipeline for files)
+        self.alive = 0  # confirmed tracks alive after the last frame
+        self.moving = 0  # of them, those that moved within stationary_s (read by the motion gate)
+        self.pending_frames = 0  # frames with a detection not on a confirmed track yet (read by the motion gate)
+        self.stationary_s = float(stationary_s)
+        self._ids = np.zeros(0, np.int64)  # live objects (sorted), where each last settled, and when it moved
+        self._rest = np.zeros((0, 4), np.float32)
+        self._moved_at = np.zeros(0)
+        self.objects = 0  # objects seen so far (``new`` events)
+        self.last_t = 0.0
+        self.last_zones: Optional[ZoneUpdate] = None
+
+    @property
+    def has_zones(self) -> bool:
+        return bool(self._zones[0] or self._zones[1])
+
+    def clock(self, frame: Frame) -> float:
+        return frame.index / self.fps if self.fps > 0 else float(frame.wall_time)
+
+    def apply(self, result: Result) -> None:
+        """Track ``result.detections`` in place: ids, public detections, object events, zones."""
+        frame = result.frame
+        t = self.clock(frame)
+        self.last_t = max(self.last_t, t)
+        tracker = self.tracker
+        tracked = tracker.update(result.detections, t, frame=frame.image)
+        ended = tracker.ended_ids
+        where = None
+        if self.has_zones:
+            if self.counter is None:
+                zones, lines, anchor = self._zones
+                self.counter = ZoneCounter(zones, lines, (frame.width, frame.height), anchor)
+            where = self.counter.update(tracker.boxes(), ended=ended)
+            result.line_counts = self.counter.line_counts()
+        result.objects = self.events.update(tracked, t, ended=ended, frame=frame.image, zones=where,
+                                            first_seen=tracker.first_seen(tracked.track_ids))
+        result.zones = where
+        self.last_zones = where
+        public = tracked.scores >= np.float32(self.threshold)
+        result.detections = tracked if public.all() else tracked[public]
+        self.alive = len(tracker)
+        self.moving = self._movement(tracked, ended, t)
+        unconfirmed = (tracked.track_ids < 0) & (tracked.scores >= tracker.settings.new_track_score)
+        self.pending_frames += int(unconfirmed.any())
+        self.objects += sum(e.kind == "new" for e in result.objects)
+
+    def _movement(self, tracked: Detections, ended: np.ndarray, t: float) -> int:
+        """Fold this frame's tracked boxes into each object's resting place; objects that moved lately."""
+        keep = ~np.isin(self._ids, ended)
+        ids, rest, moved_at = self._ids[keep], self._rest[keep], self._moved_at[keep]
+        on = tracked.track_ids >= 0
+        seen, boxes = tracked.track_ids[on].astype(np.int64), tracked.xyxy[on]
+        pos = np.minimum(np.searchsorted(ids, seen), max(len(ids) - 1, 0))
+        known = (ids[pos] == seen) if len(ids) else np.zeros(len(seen), bool)
+        rows = pos[known]
+        if len(rows):
+            moved = iou_matrix(rest[rows], boxes[known]).diagonal() < self.STILL_IOU
+            rest[rows[moved]] = boxes[known][moved]
+            moved_at[rows[moved]] = t
+        if not known.all():
+            fresh = ~known
+            ids = np.concatenate([ids, seen[fresh]])
+            rest = np.concatenate([rest, boxes[fresh]])
+            moved_at = np.concatenate([moved_at, np.full(int(fresh.sum()), t)])
+            order = np.argsort(ids, kind="stable")
+            ids, rest, moved_at = ids[order], rest[order], moved_at[order]
+        self._ids, self._rest, self._moved_at = ids, rest, moved_at
+        return int(np.count_nonzero(t - moved_at <= self.stationary_s))
+
+    def finish(self) -> list[ObjectEvent]:
+        """``end`` for every object still alive (the stream stopped)."""
+        return self.events.finish(self.last_t)
+
+    def stats(self) -> dict:
+        out: dict = {"objects": self.objects, "alive": self.alive, "moving": self.moving}
+        if self.last_zones is not None and self.last_zones.zone_names:
+            out["zones"] = self.last_zones.counts(self.events.labels)
+        if self.counter is not None and self.counter.lines:
+            out["lines"] = self.counter.line_counts()
+        return out
+
+
 class Pipeline:
     """Runs ``detector`` on every frame of ``source`` (or the newest, with ``drop``) into ``sinks``.
 
-    ``detector`` needs ``prepare(image, fmt)``, ``infer(prepared)`` (raw outputs, optionally with
-    ``invoke_ms``), ``decode(raw, prepared) -> Detections`` and ``labels``. ``context`` (optional)
-    is the ``SinkContext`` the sinks were built with: the pipeline fills in the source's name and
-    fps once it is open, and the live stats callables, before the sinks are opened.
+    ``detector``: see the ``Detector`` protocol. ``threads``: interpreter threads in all (default:
+    the detector's), shared by ``workers`` interpreters (see ``plan_workers``). ``context``
+    (optional) is the ``SinkContext`` the sinks were built with: the pipeline fills in the source's
+    name and fps once it is open, and the live stats callables, before the sinks are opened.
     A sink with a ``poll()`` method (the window) is polled from the thread that calls ``run``
     every 10 ms; ``poll()`` returning False ends the run.
+
+    ``tracking`` (a ``TrackingStage``) tracks the detections after decoding; sinks with an
+    ``on_objects(events)`` method get the object events of each frame, and at the end of the run
+    the ``end`` of every object still alive. ``motion`` (a ``MotionGate``) decides in the capture
+    thread whether the model runs on a frame; skipped frames still go through the tracker (with no
+    detections, so tracks end on time) and reach the sinks. ``media_time`` (default: when frames
+    are not dropped) times tracks by the frame index and the source's fps instead of the clock.
     """
 
-    def __init__(self, source: Source, detector, sinks: Sequence[Sink], *, drop: bool,
+    def __init__(self, source: Source, detector: Detector, sinks: Sequence[Sink], *, drop: bool,
                  max_frames: Optional[int] = None, stats_interval: float = 0,
                  queue_size: int = 2, context: Optional[SinkContext] = None,
                  stats_stream: Optional[IO[str]] = None, overlay: Optional[Overlay] = None,
                  handle_signals: bool = True, prepare_early: Optional[bool] = None,
-                 workers: Optional[int] = None) -> None:
+                 workers: Optional[int] = None, threads: Optional[int] = None,
+                 tracking: Optional[TrackingStage] = None, motion: Optional[MotionGate] = None,
+                 media_time: Optional[bool] = None) -> None:
         self.source = source
+        self.tracking = tracking
+        self.motion = motion
+        self.media_time = (not drop) if media_time is None else bool(media_time)
+        self._pending_seen = 0
         self.detector = detector
         self.sinks = list(sinks)
         self.drop = bool(drop)
@@ -174,12 +382,12 @@ class Pipeline:
         # files (no dropping): preprocess in the capture thread so the inference thread only invokes;
         # live (dropping): preprocess only the frames that are actually inferred
         self.prepare_early = (not self.drop) if prepare_early is None else bool(prepare_early)
-        self.labels = list(getattr(detector, "labels", None) or []) or None
+        self.labels = list(detector.labels or []) or None
         self.to_infer = make_handoff("to_infer", self.drop, queue_size)
         self.to_decode = make_handoff("to_decode", self.drop, queue_size)
         self.to_output = make_handoff("to_output", self.drop, queue_size)
         self.slots = (self.to_infer, self.to_decode, self.to_output)
-        self.stats = PipelineStats()
+        self.stats = PipelineStats((*STAGES, "motion", "track"))
         self.stats.attach(self.slots, self._source_stats)
         self.stop_reason: Optional[str] = None
         self._stop = threading.Event()
@@ -195,43 +403,39 @@ class Pipeline:
         # no sink reads the picture as captured: draw the overlay onto it instead of onto a copy
         self._draw_in_place = self._needs_annotated and not any(getattr(s, "reads_frame", True) for s in self.sinks)
         self._opencv_threads: Optional[int] = None
-        self._detector_threads: Optional[int] = getattr(getattr(detector, "info", None), "threads", None)
-        self._interp_threads = max(1, int(self._detector_threads or 1))
-        self.workers = self._worker_count(workers)
-        self.threads_per_worker = (self._interp_threads if self.workers == 1
-                                   else max(1, self._interp_threads // self.workers))
-        self._infer_detectors: list = []
+        self.threads = max(1, int(threads or detector.threads or 1))
+        self.workers, self.threads_per_worker = plan_workers(self.threads, workers, self.drop)
+        self._infer_detectors: list[Detector] = []
         self._infer_running = 0
         self._infer_lock = threading.Lock()
         # frames prepared ahead: in the queue, in each worker, and the one being prepared
         self._inputs = _InputPool(getattr(self.to_infer, "maxsize", 1) + self.workers + 1)
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def _worker_count(self, workers: Optional[int]) -> int:
-        """Inference workers: several only when every frame is processed (frames finish out of
-        order and are put back in order) and the detector can be replicated."""
-        if self.drop or not callable(getattr(self.detector, "replica", None)):
-            return 1
-        if workers is None:
-            workers = self._interp_threads
-        return max(1, int(workers))
+    def _interpreters(self) -> list[Detector]:
+        """The detectors of the inference workers: the given one first when it has the threads of a
+        worker (no second copy of the model in memory), replicas for the others."""
+        det, per_worker = self.detector, self.threads_per_worker
+        if self.workers == 1:
+            return [det]
+        first = [det] if det.threads == per_worker else []
+        return first + [det.replica(per_worker) for _ in range(self.workers - len(first))]
 
     def __enter__(self) -> Pipeline:
         self._limit_opencv()
         try:
-            if self.workers > 1:
-                self._infer_detectors = [self.detector.replica(self.threads_per_worker) for _ in range(self.workers)]
-            else:
-                self._infer_detectors = [self.detector]
+            self._infer_detectors = self._interpreters()
             self.source.open()
             self._source_open = True
             if self.context is not None:
                 self.context.source_name = self.source.name
                 self.context.source_fps = float(getattr(self.source, "fps", 0.0) or 0.0)
-                self.context.stats = self.stats.snapshot
+                self.context.stats = self.snapshot
                 self.context.source_stats = self._source_stats
                 if self.labels and not self.context.labels:
                     self.context.labels = list(self.labels)
+            if self.tracking is not None and self.media_time:
+                self.tracking.fps = float(getattr(self.source, "fps", 0.0) or 0.0)
             for sink in self.sinks:
                 sink.open()
                 self._opened_sinks.append(sink)
@@ -252,12 +456,9 @@ class Pipeline:
         """OpenCV's own thread pool (resize, colour, drawing) and the video decoder's threads only
         compete with the interpreter when the interpreter already has a thread on every core: run
         them single-threaded then (OpenCV's pool is restored when the pipeline closes)."""
-        threads = self._detector_threads
-        if not threads:
-            return
         from .cpu import available_cores, limit_opencv_threads
 
-        if int(threads) >= len(available_cores()):
+        if self.threads >= len(available_cores()):
             self._opencv_threads = limit_opencv_threads(1)
             if hasattr(self.source, "decoder_threads") and self.source.decoder_threads is None:
                 self.source.decoder_threads = 1
@@ -289,10 +490,17 @@ class Pipeline:
         if not self._stop.is_set():
             self.stop_reason = self.stop_reason or reason
             self._stop.set()
+            self._interrupt_source()
+
+    def _interrupt_source(self) -> None:
+        interrupt = getattr(self.source, "interrupt", None)
+        if callable(interrupt):  # a source waiting for its stream (an outage) returns None now
+            interrupt()
 
     def _abort(self) -> None:
         """Stop at once: every hand-off drops what it holds and wakes its waiters."""
         self._stop.set()
+        self._interrupt_source()
         for slot in self.slots:
             slot.abort()
 
@@ -353,12 +561,21 @@ class Pipeline:
             raise self._error
         if self.stop_reason is None:
             self.stop_reason = "end of input"
-        return self.stats.snapshot()
+        return self.snapshot()
+
+    def snapshot(self) -> dict:
+        """The stats snapshot (``edgedet.stats``), with ``tracking`` and ``motion`` when they run."""
+        snap = self.stats.snapshot()
+        if self.tracking is not None:
+            snap["tracking"] = self.tracking.stats()
+        if self.motion is not None:
+            snap["motion"] = self.motion.stats()
+        return snap
 
     def _report(self) -> None:
         stream = self.stats_stream or sys.stderr
         try:
-            stream.write(format_text(self.stats.snapshot()) + "\n")
+            stream.write(format_text(self.snapshot()) + "\n")
             stream.flush()
         except (OSError, ValueError):
             pass
@@ -396,19 +613,18 @@ class Pipeline:
                 stats.add("capture", (clock() - t0) * 1000.0)
                 stats.captured += 1
                 item = _Captured(frame, stats.captured - 1)
-                if early:
+                if self.motion is not None:
+                    item.skip = not self._gate(frame)
+                if early and not item.skip:
                     t1 = clock()
-                    prepared = det.prepare(*_model_image(frame))
-                    tensor = getattr(prepared, "tensor", None)
-                    if tensor is not None:  # the detector reuses its input array: keep a copy per frame
-                        buf = self._inputs.take(tensor, self._stop)
-                        if buf is None:
-                            break
-                        np.copyto(buf, tensor)
-                        item.buffer = buf
-                        prepared = copy.copy(prepared)
-                        prepared.tensor = buf
-                    item.prepared = prepared
+                    prepared = det.prepare(*_model_input(frame))
+                    # the detector reuses its input array: keep a copy per frame until it is invoked
+                    buf = self._inputs.take(prepared.tensor, self._stop)
+                    if buf is None:
+                        break
+                    np.copyto(buf, prepared.tensor)
+                    item.buffer = buf
+                    item.prepared = dataclasses.replace(prepared, tensor=buf)
                     item.preprocess_ms = (clock() - t1) * 1000.0
                 if not out.put(item):
                     break
@@ -416,6 +632,20 @@ class Pipeline:
                     break
         finally:
             out.close()
+
+    def _gate(self, frame: Frame) -> bool:
+        """The motion gate's decision for ``frame`` (run the model?), timed as the ``motion`` stage."""
+        assert self.motion is not None
+        t0 = time.perf_counter()
+        tracking = self.tracking
+        t = tracking.clock(frame) if tracking is not None else frame.timestamp
+        busy = pending = False
+        if tracking is not None:  # what the decode thread last knew (a few frames behind)
+            busy, seen = tracking.moving > 0, tracking.pending_frames
+            pending, self._pending_seen = seen != self._pending_seen, seen
+        run = self.motion.wants(frame.image, t, busy=busy, pending=pending)
+        self.stats.add("motion", (time.perf_counter() - t0) * 1000.0)
+        return run
 
     def _infer_loop(self, det) -> None:
         stats, src, out = self.stats, self.to_infer, self.to_decode
@@ -427,23 +657,21 @@ class Pipeline:
                 except Closed:
                     break
                 frame = item.frame
+                if item.skip:
+                    if not out.put(_Work(frame, item.seq, None, None, {})):
+                        break
+                    continue
                 t0 = clock()
                 if item.prepared is None:
-                    prepared = det.prepare(*_model_image(frame))
+                    prepared = det.prepare(*_model_input(frame))
                     preprocess_ms = (clock() - t0) * 1000.0
                 else:
                     prepared, preprocess_ms = item.prepared, item.preprocess_ms
-                t1 = clock()
                 try:
                     raw = det.infer(prepared)
                 finally:
                     self._inputs.release(item.buffer)
-                t2 = clock()
-                invoke_ms = getattr(raw, "invoke_ms", None)
-                timings = {
-                    "preprocess": preprocess_ms,
-                    "invoke": float(invoke_ms) if invoke_ms is not None else (t2 - t1) * 1000.0,
-                }
+                timings = {"preprocess": preprocess_ms, "invoke": float(raw.invoke_ms)}
                 stats.add("preprocess", timings["preprocess"])
                 stats.add("invoke", timings["invoke"])
                 if not out.put(_Work(frame, item.seq, prepared, raw, timings)):
@@ -456,8 +684,7 @@ class Pipeline:
                 out.close()
 
     def _decode_loop(self) -> None:
-        det, stats, src, out, labels = self.detector, self.stats, self.to_decode, self.to_output, self.labels
-        clock = time.perf_counter
+        det, src, out, labels = self.detector, self.to_decode, self.to_output, self.labels
         pending: dict[int, _Work] = {}  # several workers: results that overtook an earlier frame
         next_seq = 0
         try:
@@ -476,28 +703,43 @@ class Pipeline:
                         pending[work.seq] = work
                         continue
                 next_seq = work.seq + 1
-                t0 = clock()
-                dets: Detections = det.decode(work.raw, work.prepared)
-                frame = work.frame
-                if frame.lores is not None:
-                    dets = _lores_to_main(dets, frame)
-                work.timings["decode"] = (clock() - t0) * 1000.0
-                stats.add("decode", work.timings["decode"])
-                stats.processed += 1
-                if not out.put(Result(frame=frame, detections=dets, timings=work.timings, labels=labels)):
+                result = self._decoded(det, work, labels)
+                if not out.put(result):
                     break
         finally:
             out.close()
+
+    def _decoded(self, det: Detector, work: _Work, labels: Optional[list[str]]) -> Result:
+        """The frame's ``Result``: decoded (unless the model was skipped), then tracked."""
+        stats, clock = self.stats, time.perf_counter
+        if work.raw is None or work.prepared is None:
+            result = Result(frame=work.frame, detections=Detections.empty(), timings=work.timings, labels=labels,
+                            inferred=False)
+        else:
+            t0 = clock()
+            dets: Detections = det.decode(work.raw, work.prepared)  # in frame pixels
+            work.timings["decode"] = (clock() - t0) * 1000.0
+            stats.add("decode", work.timings["decode"])
+            stats.processed += 1
+            result = Result(frame=work.frame, detections=dets, timings=work.timings, labels=labels)
+        if self.tracking is not None:
+            t0 = clock()
+            self.tracking.apply(result)
+            work.timings["track"] = (clock() - t0) * 1000.0
+            stats.add("track", work.timings["track"])
+        return result
 
     def _output_loop(self) -> None:
         stats, src, sinks, overlay = self.stats, self.to_output, self.sinks, self.overlay
         clock = time.perf_counter
         rate = _RateMeter()
         limit = self.max_frames
+        object_sinks = [s.on_objects for s in sinks if callable(getattr(s, "on_objects", None))]
         while True:
             try:
                 result = src.get()
             except Closed:
+                self._finish_objects(object_sinks)
                 break
             if limit is not None and stats.output >= limit:
                 continue  # in flight when the limit was reached: not part of the run
@@ -507,19 +749,33 @@ class Pipeline:
                 image = result.frame.image
                 in_place = self._draw_in_place and image.flags.writeable
                 result.annotated = overlay.draw(image, result.detections, result.labels, fps=result.fps or None,
-                                                infer_ms=result.timings.get("invoke"), out=image if in_place else None)
+                                                infer_ms=result.timings.get("invoke"), out=image if in_place else None,
+                                                zones=result.zones, line_counts=result.line_counts,
+                                                counter=self.tracking.counter if self.tracking is not None else None)
                 result.timings["overlay"] = (clock() - t0) * 1000.0
                 stats.add("overlay", result.timings["overlay"])
             t0 = clock()
             try:
                 for sink in sinks:
                     sink.write(result)
+                if result.objects:
+                    for on_objects in object_sinks:
+                        on_objects(result.objects)
             finally:
                 stats.add("sinks", (clock() - t0) * 1000.0)
                 stats.output += 1
                 stats.frame_age.add((time.monotonic() - result.frame.timestamp) * 1000.0)
             if limit is not None and stats.output >= limit:
                 self.stop("max frames")
+
+    def _finish_objects(self, object_sinks: list) -> None:
+        """At the end of the run (input ended, stopped, a signal): ``end`` for every object alive."""
+        if self.tracking is None or self._error is not None:
+            return
+        events = self.tracking.finish()
+        if events:
+            for on_objects in object_sinks:
+                on_objects(events)
 
     # -- signals --------------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -551,71 +807,111 @@ class Pipeline:
         raise KeyboardInterrupt
 
 
-def _lores_to_main(dets: Detections, frame: Frame) -> Detections:
-    """Boxes found on the lores image -> pixels of the main image."""
-    lores = frame.lores
-    assert lores is not None
-    lh, lw = lores.shape[:2]
-    if frame.lores_format == "YUV420":  # I420 planes stacked: 3/2 of the height
-        lh = lh * 2 // 3
-    if (lw, lh) == (frame.width, frame.height) or len(dets) == 0:
-        return dets
-    return dets.scaled(frame.width / lw, frame.height / lh).clipped(frame.width, frame.height)
-
-
 # ---------------------------------------------------------------------------------------------
 # building a run from the configuration
 
-def build_detector(cfg: Config):
-    """The ``Detector`` for ``cfg.model`` (registry name or file path)."""
+def detector_limits(cfg: Config) -> tuple[float, Optional[int]]:
+    """``(score threshold, max detections)`` the detector runs at: the user's, or when tracking, down
+    to ``tracking.low_score`` (weaker boxes keep tracks alive; the results still report only boxes at
+    ``model.score_threshold``) with room for ``tracking.max_detections`` boxes (unless the user set
+    ``model.max_detections`` or decodes with the model's own op, whose count is fixed)."""
+    mc, tc = cfg.model, cfg.tracking
+    if not tc.enabled:
+        return mc.score_threshold, mc.max_detections
+    limit = mc.max_detections
+    if limit is None and mc.decoder != "op":
+        limit = tc.max_detections
+    return min(mc.score_threshold, tc.low_score), limit
+
+
+def build_tracking(cfg: Config, labels: Optional[Sequence[str]] = None) -> Optional[TrackingStage]:
+    """The ``TrackingStage`` of ``cfg.tracking`` and ``cfg.zones`` (None with tracking off)."""
+    from .config import check_zones
+
+    tc = cfg.tracking
+    if not tc.enabled:
+        return None
+    high = cfg.model.score_threshold
+    settings = TrackerSettings(high_score=high, low_score=min(tc.low_score, high),
+                               new_track_score=max(high, min(1.0, high + 0.1)), min_hits=tc.min_hits,
+                               max_unseen_s=tc.max_unseen_s)
+    events = EventSettings(snapshot=tc.snapshot, update_interval_s=tc.update_interval_s)
+    return TrackingStage(settings, labels, events=events, zones=check_zones(cfg.zones.polygons, "zones.polygons"),
+                         lines=check_zones(cfg.zones.lines, "zones.lines"), anchor=cfg.zones.anchor)
+
+
+def build_motion(cfg: Config) -> Optional[MotionGate]:
+    mc = cfg.motion
+    if not mc.enabled:
+        return None
+    return MotionGate(MotionSettings(threshold=mc.threshold, keepalive_s=mc.keepalive_s, pixel_delta=mc.pixel_delta,
+                                     burst=cfg.tracking.min_hits + 1))
+
+
+def build_detector(cfg: Config, threads: Optional[int] = None) -> Detector:
+    """The TFLite ``Detector`` for ``cfg.model`` (registry name or file path) with ``threads``
+    interpreter threads (default: ``model.threads``, else the big cores), at ``detector_limits``."""
+    from . import detector as tflite_detector
+    from .registry import resolve_model
+
     mc = cfg.model
-    try:
-        from .registry import resolve_model
-    except ImportError:  # pragma: no cover - the registry ships with the package
-        resolve_model = None
-    path = resolve_model(mc.path) if resolve_model is not None else Path(mc.path)
+    path = resolve_model(mc.path)
     if not Path(path).is_file():
         raise ModelError(f"model file not found: {path}")
-    from .detector import Detector
-
-    return Detector.from_path(
-        path, threads=mc.threads, labels=mc.labels, score_threshold=mc.score_threshold,
-        iou_threshold=mc.iou_threshold, max_detections=mc.max_detections,
-        class_agnostic=mc.class_agnostic, postprocess=mc.postprocess, resize=mc.resize, classes=mc.classes,
+    score, limit = detector_limits(cfg)
+    return tflite_detector.Detector.from_path(
+        path, threads=threads or mc.threads, labels=mc.labels, score_threshold=score,
+        iou_threshold=mc.iou_threshold, max_detections=limit,
+        class_agnostic=mc.class_agnostic, decoder=mc.decoder, resize=mc.resize, classes=mc.classes,
     )
+
+
+def _check_stats_json(path: Optional[str]) -> None:
+    if path and not Path(path).resolve().parent.is_dir():
+        raise SinkError(f"cannot write stats to {path}: directory {Path(path).parent} does not exist")
 
 
 def run_from_config(cfg: Config, *, stats_stream: Optional[IO[str]] = None) -> dict:
     """Build detector, source and sinks from ``cfg``, run to the end; returns the final stats.
 
-    Prints the stats block on ``stats_stream`` (stderr) at exit (and every ``output.stats``
-    seconds) and writes ``output.stats_json`` when set.
+    In this order, so that what the user got wrong is reported before the slow work: every check
+    of the configuration, the source resolved (a missing file, a bad --camera), then the model
+    (resolved, maybe downloaded, loaded once: the other inference workers are replicas of it), the
+    source built, the sinks. Prints the stats block on ``stats_stream`` (stderr) at exit (and every
+    ``output.stats`` seconds) and writes ``output.stats_json`` when set.
     """
+    from .cpu import default_inference_threads
     from .sinks import build_sinks
-    from .sources import open_source
+    from .sources import resolve_source
 
-    open_source(cfg)  # a missing file or a bad --camera is reported before the model loads
-    stats_json = cfg.output.stats_json
-    if stats_json and not Path(stats_json).resolve().parent.is_dir():
-        raise SinkError(f"cannot write stats to {stats_json}: directory {Path(stats_json).parent} does not exist")
-    detector = build_detector(cfg)
-    source = open_source(cfg, lores_size=tuple(detector.input_size))
-    drop = cfg.source.drop if cfg.source.drop is not None else bool(source.live)
-    model_name = getattr(getattr(detector, "info", None), "name", None) or Path(str(cfg.model.path)).stem
+    validate(cfg)
+    resolved = resolve_source(cfg)
+    _check_stats_json(cfg.output.stats_json)
+    drop = cfg.source.drop if cfg.source.drop is not None else resolved.live
+    threads = int(cfg.model.threads or default_inference_threads())
+    workers, per_worker = plan_workers(threads, cfg.model.workers, drop)
+    detector = build_detector(cfg, threads=per_worker)
+    source = resolved.build(cfg, lores_size=tuple(detector.input_size))
+    model_name = detector.info.name or Path(str(cfg.model.path)).stem
     ctx = SinkContext(labels=list(detector.labels or []), source_name=source.name, model_name=str(model_name),
-                      device=cfg.mqtt.device)
-    sinks = build_sinks(cfg, ctx)
+                      device=cfg.mqtt.device, live=resolved.live)
     stream = stats_stream or sys.stderr
-    pipeline = Pipeline(source, detector, sinks, drop=drop, max_frames=cfg.source.max_frames,
-                        stats_interval=cfg.output.stats, context=ctx, stats_stream=stream,
-                        workers=cfg.model.workers)
+    tracking = build_tracking(cfg, detector.labels)
+    pipeline = Pipeline(source, detector, build_sinks(cfg, ctx), drop=drop, max_frames=cfg.source.max_frames,
+                        stats_interval=cfg.output.stats, context=ctx, stats_stream=stream, workers=workers,
+                        threads=threads, tracking=tracking, motion=build_motion(cfg), media_time=not resolved.live)
     with pipeline:
         log.info("running %s on %s (%s; %d inference worker(s) x %d thread(s))", model_name, source.name,
                  "newest frame only" if drop else "every frame", pipeline.workers, pipeline.threads_per_worker)
         snap = pipeline.run()
     snap["stop_reason"] = pipeline.stop_reason
+    _final_report(snap, stream, pipeline.stop_reason, cfg.output.stats_json)
+    return snap
+
+
+def _final_report(snap: dict, stream: IO[str], reason: Optional[str], stats_json: Optional[str]) -> None:
     try:
-        stream.write(format_text(snap, title=f"stats ({pipeline.stop_reason})") + "\n")
+        stream.write(format_text(snap, title=f"stats ({reason})") + "\n")
         stream.flush()
     except (OSError, ValueError):
         pass
@@ -624,4 +920,3 @@ def run_from_config(cfg: Config, *, stats_stream: Optional[IO[str]] = None) -> d
             write_json(snap, stats_json)
         except OSError as exc:
             raise SinkError(f"cannot write stats to {stats_json}: {exc.strerror or exc}") from exc
-    return snap

@@ -2,7 +2,10 @@
 
 Everything is written into one preallocated input array (``cv2.resize(dst=)``, ``cv2.cvtColor(dst=)``,
 numpy ``out=``), so preparing a frame allocates nothing once the first frame of a size was seen.
-``Prepared`` carries the transform back to the pixel coordinates of the image that was given.
+``Prepared`` carries the whole mapping from the model's box outputs back to frame pixels: input
+tensor -> the image given (undoing stretch or letterbox) -> the frame it was taken from (the Pi
+camera's lores stream is a smaller copy of the main picture); ``Prepared.to_frame`` is the one
+place boxes are converted and clipped.
 """
 
 from __future__ import annotations
@@ -47,13 +50,16 @@ class InputSpec:
 
 @dataclass
 class Prepared:
-    """A prepared model input and the mapping back to the source image.
+    """A prepared model input and the mapping back to the frame.
 
     ``tensor`` is the model input ``[1, H, W, 3]`` (the preprocessor's own buffer: valid until the
-    next ``prepare``). Input pixel = image pixel * scale + pad.
+    next ``prepare``). Input pixel = image pixel * scale + pad; frame pixel = image pixel *
+    frame size / image size (the image is the frame itself unless a smaller copy of it was given).
     """
 
     tensor: np.ndarray
+    input_width: int
+    input_height: int
     image_width: int
     image_height: int
     scale_x: float
@@ -61,14 +67,30 @@ class Prepared:
     pad_x: float = 0.0
     pad_y: float = 0.0
     preprocess_ms: float = 0.0
+    frame_width: int = 0  # 0: the frame is the image itself
+    frame_height: int = 0
 
-    def to_image(self, xyxy_input: np.ndarray) -> np.ndarray:
-        """Boxes in input-tensor pixels ``[N, 4]`` -> image pixels, clipped to the image (float32)."""
-        out = np.empty(xyxy_input.shape, np.float32)
-        out[:, 0::2] = (xyxy_input[:, 0::2] - self.pad_x) / self.scale_x
-        out[:, 1::2] = (xyxy_input[:, 1::2] - self.pad_y) / self.scale_y
-        np.clip(out[:, 0::2], 0, self.image_width, out=out[:, 0::2])
-        np.clip(out[:, 1::2], 0, self.image_height, out=out[:, 1::2])
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return (self.frame_width or self.image_width, self.frame_height or self.image_height)
+
+    def to_frame(self, yxyx: np.ndarray) -> np.ndarray:
+        """Boxes as SSD models give them -- ``[N, 4]`` (ymin, xmin, ymax, xmax) normalized to the
+        model input -- to frame pixels ``[N, 4]`` (x1, y1, x2, y2) float32, clipped to the frame."""
+        w, h = self.input_width, self.input_height
+        fw, fh = self.frame_size
+        out = np.empty((len(yxyx), 4), np.float32)
+        out[:, 0] = yxyx[:, 1] * w
+        out[:, 1] = yxyx[:, 0] * h
+        out[:, 2] = yxyx[:, 3] * w
+        out[:, 3] = yxyx[:, 2] * h
+        out[:, 0::2] = (out[:, 0::2] - self.pad_x) / self.scale_x  # input -> image pixels
+        out[:, 1::2] = (out[:, 1::2] - self.pad_y) / self.scale_y
+        if (fw, fh) != (self.image_width, self.image_height):  # image -> frame pixels
+            out[:, 0::2] *= np.float32(fw / self.image_width)
+            out[:, 1::2] *= np.float32(fh / self.image_height)
+        np.clip(out[:, 0::2], 0, fw, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, fh, out=out[:, 1::2])
         return out
 
 
@@ -140,7 +162,10 @@ class Preprocessor:
         raise ConfigError(f"unsupported model input type {dtype}")
 
     # -- per frame --------------------------------------------------------------------------------
-    def prepare(self, image: np.ndarray, fmt: str = "BGR") -> Prepared:
+    def prepare(self, image: np.ndarray, fmt: str = "BGR",
+                frame_size: Optional[tuple[int, int]] = None) -> Prepared:
+        """``image`` into the input tensor. ``frame_size`` ``(w, h)``: the frame ``image`` is a
+        smaller copy of (boxes are mapped back to it); None when ``image`` is the frame."""
         t0 = time.perf_counter()
         fmt = fmt.upper()
         if fmt == "YUV420":  # I420: [H * 3 / 2, W] -> straight to the model's colour order
@@ -167,7 +192,8 @@ class Preprocessor:
         self._to_model_colour(resized, fmt, px, py)
         self._normalize()
         ms = (time.perf_counter() - t0) * 1000.0
-        return Prepared(self.tensor, iw, ih, sx, sy, float(px), float(py), ms)
+        fw, fh = frame_size or (0, 0)
+        return Prepared(self.tensor, w, h, iw, ih, sx, sy, float(px), float(py), ms, int(fw), int(fh))
 
     def _resize(self, image: np.ndarray, w: int, h: int) -> np.ndarray:
         ih, iw = image.shape[:2]

@@ -5,6 +5,11 @@ needed); ``resolve_model("path/to/model.tflite")`` returns that path. Pulls come
 or from ``EDGEDET_MODEL_MIRROR`` (a directory or an http(s) URL holding the files by their ``file``
 name) for offline devices and tests. Every pull is checked against the entry's sha256 and written
 atomically; a sidecar (labels, input, source) is written beside the cached model.
+
+Entries of form ``tf1`` are TensorFlow 1 Object Detection API exports (the detection zoo's
+tarballs): the pull keeps the verified tarball in the cache and hands it to a converter given by
+the caller (``edgedet models pull`` passes ``edgedet.tools.convert``'s; this module never imports
+the tools), which writes ``<name>.tflite`` (float) or ``<name>_<quantize>.tflite`` beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from .sidecar import load_sidecar, save_sidecar
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _REPO_MODELS = PACKAGE_ROOT.parent / "models"
 _SHARE_MODELS = Path(sys.prefix) / "share" / "edgedet" / "models"
+CONVERTED_FORMS = ("tf1",)  # pulled as an archive, converted to .tflite into the cache
+
+# (verified archive, output .tflite) -> None; writes the .tflite and its sidecar
+ArchiveConverter = Callable[[Path, Path], None]
 
 
 @dataclass
@@ -115,14 +124,21 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def cached_path(entry: ModelEntry) -> Path:
+def cached_path(entry: ModelEntry, variant: str = "") -> Path:
+    """The cached model file; for a converted form, the ``.tflite`` made from the archive
+    (``variant``: "" for float, else the quantization, e.g. ``int8``)."""
+    if entry.form in CONVERTED_FORMS:
+        return cache_dir() / f"{entry.name}{'_' + variant if variant else ''}.tflite"
     return cache_dir() / entry.file
 
 
-def is_cached(entry: ModelEntry) -> bool:
-    path = cached_path(entry)
+def is_cached(entry: ModelEntry, variant: str = "") -> bool:
+    path = cached_path(entry, variant)
     if not path.is_file():
         return False
+    if entry.form in CONVERTED_FORMS:  # made from the archive the registry names
+        source = load_sidecar(path).get("source") or {}
+        return not entry.sha256 or source.get("archive_sha256") == entry.sha256
     return not entry.sha256 or sha256_of(path) == entry.sha256
 
 
@@ -144,6 +160,9 @@ def resolve_model(ref: Optional[str] = None, *, pull: bool = True, progress: boo
     if entry.form == "tf":
         raise AssetError(f"model {ref!r} is a TensorFlow export: convert it first with "
                          f"`edgedet convert` (needs the [convert] extra), then pass the .tflite path")
+    if entry.form in CONVERTED_FORMS and not is_cached(entry):
+        raise AssetError(f"model {ref!r} is a TensorFlow export that is converted when pulled: run "
+                         f"`edgedet models pull {ref}` once (needs the [convert] extra)")
     if is_cached(entry):
         return cached_path(entry)
     if not pull:
@@ -248,12 +267,27 @@ def _extract_member(archive: Path, member: str, dest: Path) -> None:
 
 
 def pull_model(name: str, *, progress: bool = True, force: bool = False,
-               log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
-    """Download (or copy from the mirror) a registry model into the cache; verify; write its sidecar."""
+               log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+               converter: Optional[ArchiveConverter] = None, variant: str = "") -> Path:
+    """Download (or copy from the mirror) a registry model into the cache; verify; write its sidecar.
+
+    A converted form (``tf1``) needs ``converter``; ``variant`` names its output (see ``cached_path``).
+    """
     entry = get_entry(name)
+    if entry.form in CONVERTED_FORMS:
+        return _pull_converted(entry, progress=progress, force=force, log=log, converter=converter, variant=variant)
     target = cached_path(entry)
     if not force and is_cached(entry):
         return target
+    digest = _download(entry, target, progress, log)
+    write_entry_sidecar(entry, target, digest)
+    return target
+
+
+def _download(entry: ModelEntry, target: Path, progress: bool, log: Callable[[str], None]) -> str:
+    """``entry``'s file fetched to ``target`` (atomically) after its sha256 (and, for a model, its
+    format) checked; returns the sha256."""
+    name = entry.name
     sources = _sources_for(entry)
     if not sources:
         raise AssetError(f"model {name!r} has no download URL: set EDGEDET_MODEL_MIRROR to a directory "
@@ -272,7 +306,7 @@ def pull_model(name: str, *, progress: bool = True, force: bool = False,
             hint = ("set EDGEDET_MODEL_MIRROR to a directory or http(s) URL holding "
                     f"{entry.file}, or copy it to {target}")
             raise AssetError(f"cannot get model {name!r} ({'; '.join(errors)}): {hint}")
-        if entry.member and not _mirror():
+        if entry.member and not _mirror() and entry.form not in CONVERTED_FORMS:
             raw = tmp.with_suffix(".archive")
             os.replace(tmp, raw)
             try:
@@ -288,12 +322,36 @@ def pull_model(name: str, *, progress: bool = True, force: bool = False,
             log(f"note: {name} has no published checksum; recorded sha256 {digest}")
         with open(tmp, "rb") as fh:
             head = fh.read(8)
-        if head[4:8] != b"TFL3":
+        if entry.form not in CONVERTED_FORMS and head[4:8] != b"TFL3":
             raise AssetError(f"pulled file for {name} is not a .tflite model; nothing was saved")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    write_entry_sidecar(entry, target, digest)
+    return digest
+
+
+def _pull_converted(entry: ModelEntry, *, progress: bool, force: bool, log: Callable[[str], None],
+                    converter: Optional[ArchiveConverter], variant: str) -> Path:
+    """The archive fetched and verified into the cache (kept: another variant converts from it),
+    then converted to ``cached_path(entry, variant)``."""
+    target = cached_path(entry, variant)
+    if not force and is_cached(entry, variant):
+        return target
+    if converter is None:
+        raise AssetError(f"model {entry.name!r} is a TensorFlow export converted when pulled: run "
+                         f"`edgedet models pull {entry.name}` (needs the [convert] extra)")
+    archive = cache_dir() / entry.file
+    if force or not archive.is_file() or (entry.sha256 and sha256_of(archive) != entry.sha256):
+        digest = _download(entry, archive, progress, log)
+    else:
+        digest = sha256_of(archive)
+    log(f"converting {entry.file} to {target.name}")
+    converter(archive, target)
+    side = load_sidecar(target)
+    side.update({"name": entry.name, "description": entry.description, "published": entry.published,
+                 "source": {**(side.get("source") or {}), "url": entry.url or entry.origin,
+                            "archive_sha256": digest, "registry": True}})
+    save_sidecar(target, side)
     return target
 
 

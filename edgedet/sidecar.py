@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ModelError
-from .tflite_file import write_atomic
+from .tflite import write_atomic
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

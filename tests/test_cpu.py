@@ -78,7 +78,7 @@ def test_inference_threads_are_the_big_cores_this_process_may_use(tmp_path):
 
 
 def test_runtime_default_threads_comes_from_here():
-    from edgedet.runtime import default_threads
+    from edgedet.tflite import default_threads
 
     assert default_threads() == cpu.default_inference_threads() >= 1
 

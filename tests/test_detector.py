@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import cv2
@@ -87,16 +88,14 @@ def test_prepare_infer_and_decode_in_two_threads(v1, pedestrians_video):
 
     def producer():
         for f in frames:
-            p = v1.prepare(f)
-            q.put((v1.infer(p), p.image_width, p.image_height, p.scale_x, p.scale_y, p.pad_x, p.pad_y))
+            p = v1.prepare(f)  # its input array is reused by the next prepare: hand over the mapping only
+            q.put((v1.infer(p), dataclasses.replace(p, tensor=None)))
         q.put(None)
 
     def consumer():
-        from edgedet.preprocess import Prepared
-
         while (item := q.get()) is not None:
-            raw, *geo = item
-            out.append(v1.decode(raw, Prepared(None, *geo)))
+            raw, mapping = item
+            out.append(v1.decode(raw, mapping))
 
     threads = [threading.Thread(target=producer), threading.Thread(target=consumer)]
     for t in threads:
@@ -138,6 +137,21 @@ def test_op_cannot_change_its_nms(v1_model):
         Detector.from_path(v1_model, threads=1, postprocess="op", iou_threshold=0.3)
     d = Detector.from_path(v1_model, threads=1, iou_threshold=0.3)  # auto: ours can
     assert d.info.postprocess == "ours" and d.iou_threshold == pytest.approx(0.3)
+
+
+def test_settings_are_checked_like_the_config_before_the_file_is_read(tmp_path, v1_model, hopper):
+    missing = tmp_path / "missing.tflite"  # never opened: the settings are wrong first
+    for kwargs, message in (({"iou_threshold": 0}, "model.iou_threshold: must be > 0"),
+                            ({"score_threshold": 1.5}, "model.score_threshold: must be <= 1.0"),
+                            ({"max_detections": 0}, "model.max_detections: must be >= 1"),
+                            ({"decoder": "ours"}, "model.decoder: expected one of"),
+                            ({"postprocess": "fast"}, "model.postprocess: expected one of")):
+        with pytest.raises(ConfigError, match=message):
+            Detector.from_path(missing, **kwargs)
+    # the old name of the decoder and of its value still work
+    old = Detector.from_path(v1_model, threads=1, postprocess="ours").detect(hopper)
+    new = Detector.from_path(v1_model, threads=1, decoder="edgedet").detect(hopper)
+    np.testing.assert_array_equal(old.xyxy, new.xyxy)
 
 
 def test_letterbox_boxes_land_on_the_same_objects(v1_model, hopper):
@@ -182,9 +196,12 @@ def test_bad_labels_and_models_are_model_errors(v1_model, tmp_path, coco_labels)
         Detector.from_path(tmp_path / "missing.tflite")
 
 
-def test_generic_labels_without_a_label_file(fpnlite_model, v1_model):
-    # a model the registry has no checksum for, with no sidecar: generic names
-    d = Detector.from_path(fpnlite_model, threads=1)
-    assert d.labels[:2] == ["class0", "class1"] and len(d.labels) == 90
-    # the registry's default model used by path is recognised by its checksum
+def test_generic_labels_without_a_label_file(fpnlite_model, v1_model, tmp_path):
+    # the registry's models used by path are recognised by their checksum
     assert Detector.from_path(v1_model, threads=1).labels[:2] == ["person", "bicycle"]
+    assert Detector.from_path(fpnlite_model, threads=1).labels[:2] == ["person", "bicycle"]
+    # a model the registry has no checksum for (other bytes), with no sidecar: generic names
+    unknown = tmp_path / "unknown.tflite"
+    unknown.write_bytes(fpnlite_model.read_bytes() + bytes(16))
+    d = Detector.from_path(unknown, threads=1)
+    assert d.labels[:2] == ["class0", "class1"] and len(d.labels) == 90

@@ -70,14 +70,24 @@ def test_letterbox_keeps_aspect_and_maps_back(shape):
         assert p.pad_y == 0 and p.pad_x > 0
         assert (t[:, 0] == PAD_VALUE).all() and (t[:, -1] == PAD_VALUE).all() and (t[:, 150] == 255).all()
     # the image corners land on the corners of the content area and map back
-    corners = np.array([[p.pad_x, p.pad_y, 300 - p.pad_x, 300 - p.pad_y]], np.float32)
-    np.testing.assert_allclose(p.to_image(corners)[0], [0, 0, w, h], atol=1.0)
+    corners = np.array([[p.pad_y, p.pad_x, 300 - p.pad_y, 300 - p.pad_x]], np.float32) / 300  # yxyx normalized
+    np.testing.assert_allclose(p.to_frame(corners)[0], [0, 0, w, h], atol=1.0)
 
 
-def test_to_image_clips_to_the_image():
+def test_to_frame_clips_to_the_frame():
     p = Preprocessor(InputSpec(300, 300, np.dtype(np.uint8)), "stretch").prepare(_image())
-    out = p.to_image(np.array([[-10, -10, 150, 150], [200, 200, 400, 400]], np.float32))
+    out = p.to_frame(np.array([[-10, -10, 150, 150], [200, 200, 400, 400]], np.float32) / 300)
     np.testing.assert_allclose(out, [[0, 0, 240, 180], [320, 240, 480, 360]], atol=1e-4)
+
+
+def test_to_frame_maps_a_smaller_copy_back_to_its_frame():
+    # a lores picture of 320x180 taken from a 1280x720 frame, letterboxed into a 300x300 input
+    p = Preprocessor(InputSpec(300, 300, np.dtype(np.uint8)), "letterbox").prepare(_image(180, 320),
+                                                                                  frame_size=(1280, 720))
+    assert p.frame_size == (1280, 720) and (p.image_width, p.image_height) == (320, 180)
+    top, bottom = p.pad_y / 300, (300 - p.pad_y) / 300  # the picture's rows in the input
+    out = p.to_frame(np.array([[top, 0.0, bottom, 0.5], [0.0, 0.5, 1.0, 2.0]], np.float32))
+    np.testing.assert_allclose(out, [[0, 0, 640, 720], [640, 0, 1280, 720]], atol=0.5)  # clipped once, to the frame
 
 
 def test_other_input_formats():

@@ -33,18 +33,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgedet.model import (  # noqa: E402
-    PostprocessOptions,
-    find_postprocess_op,
-    load_interpreter_from_bytes,
-    read_op_options,
-)
+from edgedet.model import DecodeOptions  # noqa: E402
 from edgedet.postprocess.decode import DecodeSettings, SSDDecoder  # noqa: E402
 from edgedet.postprocess.nms import iou_matrix  # noqa: E402
 from edgedet.preprocess import InputSpec, Preprocessor, default_normalization  # noqa: E402
-from edgedet.runtime import load_interpreter  # noqa: E402
-from edgedet.tflite_file import read_model  # noqa: E402
-from edgedet.tools.strip import drop_unused_opcodes, drop_unused_tensors, strip_in_memory  # noqa: E402
+from edgedet.tflite import (  # noqa: E402
+    find_detection_op,
+    load_interpreter,
+    load_interpreter_from_bytes,
+    read_detection_op_options,
+    read_model,
+    strip_detection_op,
+)
+from edgedet.tflite.detection_op import drop_unused_opcodes, drop_unused_tensors  # noqa: E402
 
 
 def assets_dir() -> Path:
@@ -61,11 +62,11 @@ DEFAULT_MODELS = [
 
 
 def op_only_model(path: Path) -> bytes:
-    """The postprocess op alone: its box encodings and class predictions become graph inputs."""
-    from edgedet.tflite_file import model_to_bytes
+    """The detection op alone: its box encodings and class predictions become graph inputs."""
+    from edgedet.tflite import model_to_bytes
 
     model = read_model(path)
-    si, oi = find_postprocess_op(model)
+    si, oi = find_detection_op(model)
     sub = model.subgraphs[si]
     op = sub.operators[oi]
     sub.operators = [op]
@@ -84,10 +85,10 @@ class Pair:
         self.path = path
         self.op = load_interpreter(path, threads)
         model_t = read_model(path)
-        si, oi = find_postprocess_op(model_t)
+        si, oi = find_detection_op(model_t)
         op = model_t.subgraphs[si].operators[oi]
-        self.op_options = read_op_options(op)
-        stripped = strip_in_memory(model_t)
+        self.op_options = read_detection_op_options(op)
+        stripped = strip_detection_op(model_t)
         self.raw = load_interpreter_from_bytes(stripped.model_bytes, threads, path.stem)
         self.op_only = load_interpreter_from_bytes(op_only_model(path), threads, path.stem + ".op")
         ins = self.op_only.get_input_details()
@@ -101,7 +102,7 @@ class Pair:
         self.in_raw = self.raw.get_input_details()[0]["index"]
         outs = {x["name"]: x for x in self.raw.get_output_details()}
         self.box_d, self.score_d = outs[stripped.boxes_name], outs[stripped.scores_name]
-        self.opts = PostprocessOptions.from_op(self.op_options, background=stripped.background)
+        self.opts = DecodeOptions.from_op(self.op_options, background=stripped.background)
         self.anchors = stripped.anchors
         self.activation = stripped.score_activation
         # the op's outputs by value: boxes [1,M,4], count [1], then classes (whole numbers) / scores

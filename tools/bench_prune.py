@@ -27,16 +27,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgedet.tflite_file import model_to_bytes, read_model  # noqa: E402
+from edgedet.tflite import model_to_bytes, read_model  # noqa: E402
 from edgedet.tools.prune import (  # noqa: E402
     PruneOptions,
     file_sizes,
     invoke_ms,
     load_calibration,
+    map_of,  # noqa: E402
     prune,
     prune_model,
 )
-from edgedet.tools.prune_eval import map_of  # noqa: E402
 
 
 def mb(n):
@@ -130,7 +130,7 @@ def main() -> int:
                   f"  gzip {mb(sizes['gzip'])} zstd {mb(sizes['zstd'])}  {secs:6.1f} s", flush=True)
     out["curve"] = rows
     if args.plot:
-        from edgedet.tools.prune_sensitivity import SensitivityReport, plot_curve
+        from edgedet.tools.prune import SensitivityReport, plot_curve
 
         rep = SensitivityReport(metric="mAP", grid=(), dense=dense_map)
         for r in rows:

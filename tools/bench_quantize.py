@@ -42,7 +42,7 @@ def assets_dir() -> Path:
 
 def interleaved_invoke_ms(paths, threads: int, rounds: int = 5, runs: int = 20) -> list[float]:
     """Median invoke ms of each model, alternating between them so CPU noise hits both alike."""
-    from edgedet.runtime import load_interpreter
+    from edgedet.tflite import load_interpreter
 
     interps = []
     for p in paths:
@@ -113,19 +113,19 @@ def ablation(src: Path, calib: Path, work: Path, threads: int, rows=None, agreem
     measured on the held-out 25%: SNR (dB) of the raw head outputs against the float model and,
     with ``agreement``, the pseudo mAP / AP50 and detection F1 against the source (no evaluation
     images)."""
-    from edgedet import tflite_file as tfl
+    from edgedet import tflite as tfl
     from edgedet.sidecar import update_sidecar
     from edgedet.tools.calibration import load_calibration_set
     from edgedet.tools.quantize import (
         calibration_preprocessor,
         compare_models,
         copy_sidecar,
+        head_snr,
         load_inputs,
         prepare_float_model,
         pseudo_map,
         quantize_int8,
     )
-    from edgedet.tools.quantize_measure import head_snr
 
     cal, held = load_calibration_set(calib).split()
     model = tfl.read_model(src)

@@ -22,8 +22,8 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgedet.runtime import load_interpreter  # noqa: E402
-from edgedet.tools.build_ssdlite import build_ssdlite  # noqa: E402
+from edgedet.tflite import load_interpreter  # noqa: E402
+from edgedet.tools.convert import build_ssdlite  # noqa: E402
 
 
 def interleaved_invoke_ms(paths: list[Path], image: Path, threads: int, warmup: int, runs: int,

@@ -6,12 +6,25 @@ Errors a user can cause (``EdgedetError``) become one line on stderr and a non-z
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
 
 from .. import __version__
 from ..errors import EdgedetError
+
+#: commands for which SIGTERM is the normal way to stop (exit 0, like their own graceful stop)
+STOPPED_BY_SIGTERM = {"run"}
+
+
+class Terminated(BaseException):
+    """SIGTERM where no graceful stop is installed yet (start-up): unwinds, closing what is open."""
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
 
 # command name -> module in this package that defines a click command called ``command``
 COMMANDS = {
@@ -65,7 +78,14 @@ def main() -> None:
 
 
 def run_main() -> None:  # console-script entry point
+    # until a command installs its own stop (the run loop does), SIGTERM unwinds like an exception
+    # so that files are closed, instead of killing the process where it stands
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(standalone_mode=True)
     except BrokenPipeError:  # e.g. `edgedet models list | head`
         sys.exit(0)
+    except Terminated as exc:
+        click.echo(f"edgedet: {exc}: stopped", err=True)
+        name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+        sys.exit(0 if name in STOPPED_BY_SIGTERM else 128 + signal.SIGTERM)

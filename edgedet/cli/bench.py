@@ -21,15 +21,19 @@ import click
 @click.option("--warmup", type=click.IntRange(0, 1000), default=5, show_default=True, help="untimed invokes first")
 @click.option("--frames", type=click.IntRange(1, 1000000), default=200, show_default=True,
               help="frames for the pipeline fps")
-@click.option("--postprocess", type=click.Choice(["auto", "ours", "op"]), default="auto", show_default=True,
-              help="decode+NMS as the pipeline runs it")
+@click.option("--decoder", type=click.Choice(["auto", "edgedet", "op"]), default=None,
+              help="who decodes, as the pipeline runs it: edgedet's decode+NMS or the model's detection op "
+                   "[default: auto]")
+@click.option("--postprocess", "old_decoder", type=click.Choice(["auto", "ours", "op"]), default=None, hidden=True,
+              help="old spelling of --decoder (ours = edgedet)")
 @click.option("--labels", default=None, help="label file (default: the model's)")
 @click.option("--opencv-threads", type=click.IntRange(0, 64), default=None,
               help="cap OpenCV's thread pool (default: OpenCV's own)")
 @click.option("--sweep", type=click.Choice(["threads"]), default=None,
               help="also measure 1..N interpreter threads (N = --threads or the number of cores)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as one JSON object")
-def command(model, source, threads, workers, runs, warmup, frames, postprocess, labels, opencv_threads, sweep, as_json):
+def command(model, source, threads, workers, runs, warmup, frames, decoder, old_decoder, labels, opencv_threads, sweep,
+            as_json):
     """Measure a model here: invoke, preprocess, decode+NMS (ours and the op's), pipeline fps.
 
     \b
@@ -41,6 +45,7 @@ def command(model, source, threads, workers, runs, warmup, frames, postprocess, 
     import logging
 
     from ..tools.bench import BenchSettings, format_report, run_bench
+    from .evaluate import decoder_choice
 
     logging.getLogger("edgedet").setLevel(logging.WARNING)
     sweep_n = None
@@ -49,7 +54,8 @@ def command(model, source, threads, workers, runs, warmup, frames, postprocess, 
 
         sweep_n = threads or len(available_cores())
     settings = BenchSettings(model=model, source=source, threads=threads, workers=workers, runs=runs, warmup=warmup,
-                             frames=frames, postprocess=postprocess, labels=labels, opencv_threads=opencv_threads,
+                             frames=frames, decoder=decoder_choice(decoder, old_decoder), labels=labels,
+                             opencv_threads=opencv_threads,
                              sweep_threads=sweep_n)
 
     def progress(msg: str) -> None:

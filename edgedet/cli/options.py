@@ -6,7 +6,7 @@ import typing
 
 import click
 
-from ..config import iter_options
+from ..config import RENAMED, iter_options
 
 
 def _param_name(path: str) -> str:
@@ -22,14 +22,18 @@ def _click_type(tp, choices):
 
 
 def config_options(func):
-    """Decorator: one click option per config field that declares flags."""
+    """Decorator: one click option per config field that declares flags (and hidden ones for the
+    old names of renamed options)."""
+    for r in RENAMED:
+        func = click.option(*r.flags, _param_name(r.old), type=click.Choice(list(r.choices)), default=None,
+                            hidden=True)(func)
     for path, f, tp in reversed(list(iter_options())):
         flags = f.metadata.get("flags") or ()
         if not flags:
             continue
         name = _param_name(path)
         choices = f.metadata.get("choices")
-        help_text = f.metadata.get("help", "")
+        help_text = f"{f.metadata.get('help', '')} [{path}]".strip()  # the YAML key of the flag
         if any("/" in fl for fl in flags):
             decl = list(flags) + [name]
             func = click.option(*decl, default=None, help=help_text)(func)
@@ -53,4 +57,9 @@ def overrides_from_params(params: dict) -> dict:
             value = int(value)
         section, key = path.split(".")
         out.setdefault(section, {})[key] = value
+    for r in RENAMED:  # under the old name: the config layer maps it to the new one
+        value = params.get(_param_name(r.old))
+        if value is not None:
+            section, key = r.old.split(".")
+            out.setdefault(section, {})[key] = value
     return out

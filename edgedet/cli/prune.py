@@ -53,9 +53,11 @@ def _resolve(name_or_path: str) -> Path:
               help="with --sensitivity: save the sparsity curve as a PNG")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="write the full report as JSON here")
+@click.option("--keep-classes", "keep", default=None,
+              help="also slice the class predictors to these classes (comma list, e.g. person,car)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 def command(src, out, sparsity, calibration, num_calib, method, skip, allocation, max_layer_sparsity,
-            sequential, threads, do_eval, images, annotations, sensitivity, plot, json_out, quiet):
+            sequential, threads, do_eval, images, annotations, sensitivity, plot, json_out, quiet, keep=None):
     """Prune SRC (a .tflite path or registry name) into OUTPUT.
 
     Pruned weights are stored as their zero point: the file keeps its size and runs anywhere, and
@@ -69,17 +71,31 @@ def command(src, out, sparsity, calibration, num_calib, method, skip, allocation
         raise ConfigError("--eval needs both --images DIR and --annotations FILE")
     if plot and not sensitivity:
         raise ConfigError("--plot needs --sensitivity")
+    if plot:  # checked before the work, not after it
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--plot needs matplotlib: pip install 'edgedet[prune]' (or drop --plot)")
     src_path = _resolve(src)
+    if keep:
+        from ..tools.convert import check_classes
+
+        check_classes(src_path, keep)
     say = None if quiet else (lambda msg: click.echo(f"  {msg}", err=True))
     opts = PruneOptions(
         sparsity=sparsity, method=method, skip=tuple(t for t in skip.split(",") if t.strip()),
         calibration=tuple(calibration), num_calib=num_calib, threads=threads,
         max_layer_sparsity=max_layer_sparsity, sequential=sequential, allocation=allocation, progress=say)
     report = prune(src_path, out, opts)
+    if keep:
+        from ..tools.convert import keep_classes
+
+        click.echo(keep_classes(out, out, keep).format_summary(), err=True)
     click.echo(report.format_table())
+    click.echo(f"wrote {out}")
     data = report.to_dict()
     if images and annotations:
-        from ..tools.prune_eval import map_of
+        from ..tools.prune import map_of
 
         before = map_of(src_path, images, annotations, threads)
         after = map_of(out, images, annotations, threads)
@@ -87,7 +103,7 @@ def command(src, out, sparsity, calibration, num_calib, method, skip, allocation
         data["mAP"] = {"src": before, "out": after}
         report.save_accuracy(after, annotations)
     if sensitivity:
-        from ..tools.prune_sensitivity import run_sensitivity
+        from ..tools.prune import run_sensitivity
 
         sens = run_sensitivity(src_path, opts, images=images, annotations=annotations, plot=plot)
         click.echo(sens.format_table())
@@ -95,6 +111,6 @@ def command(src, out, sparsity, calibration, num_calib, method, skip, allocation
             click.echo(f"curve saved to {plot}")
         data["sensitivity"] = sens.to_dict()
     if json_out:
-        from ..tflite_file import write_atomic
+        from ..tflite import write_atomic
 
         write_atomic(json_out, json.dumps(data, indent=2).encode())

@@ -56,8 +56,11 @@ def command(config_path, **params):
     Stops at the end of the input, after --max-frames, or on Ctrl-C / SIGTERM (the recording is
     finalized and the events file complete); a second Ctrl-C forces the exit. Stats go to stderr.
     """
+    setup_logging("info")  # the configuration's own warnings (an old option name) come first
     cfg = load_config(config_path, overrides_from_params(params))
     setup_logging(cfg.output.log_level)
+    from ..heap import HeapTrimmer
     from ..pipeline import run_from_config
 
-    run_from_config(cfg)
+    with HeapTrimmer():  # a long run's resident size stays flat
+        run_from_config(cfg)

@@ -18,13 +18,15 @@ def decode_boxes(encodings: np.ndarray, anchors: np.ndarray, scales=(10.0, 10.0,
 
     ``scales`` is (y_scale, x_scale, h_scale, w_scale).
     """
+    if box_order == "yxyx":  # already decoded by the model: normalized corners
+        return np.ascontiguousarray(np.asarray(encodings)[:, :4], dtype=np.float32)
     enc = np.asarray(encodings, np.float64)[:, :4]
     if box_order == "xywh":
         ty, tx, th, tw = enc[:, 1], enc[:, 0], enc[:, 3], enc[:, 2]
     elif box_order == "yxhw":
         ty, tx, th, tw = enc[:, 0], enc[:, 1], enc[:, 2], enc[:, 3]
     else:
-        raise ValueError(f"box_order must be yxhw or xywh, got {box_order!r}")
+        raise ValueError(f"box_order must be yxhw, xywh or yxyx, got {box_order!r}")
     a = np.asarray(anchors, np.float64)
     ay, ax, ah, aw = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
     ys, xs, hs, ws = (float(s) for s in scales)

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, runtime_checkable
 
 from ..frame import Result
 
+MetricsProvider = Callable[[], dict]  # () -> {metric name: (kind "counter"|"gauge", help, value)}
+
+
+class MetricsProviders:
+    """The metrics sinks add to the run's ``/metrics`` (e.g. the MQTT queue): a sink ``add``s its
+    provider when it opens and ``remove``s it when it closes; the metrics endpoint calls every
+    provider at each scrape. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._providers: list[MetricsProvider] = []
+        self._lock = threading.Lock()
+
+    def add(self, provider: MetricsProvider) -> None:
+        with self._lock:
+            self._providers.append(provider)
+
+    def remove(self, provider: MetricsProvider) -> None:
+        with self._lock:
+            if provider in self._providers:
+                self._providers.remove(provider)
+
+    def __call__(self) -> list[MetricsProvider]:
+        with self._lock:
+            return list(self._providers)
+
 
 @dataclass
 class SinkContext:
-    """What a sink may know about the run when it is built (before the first frame).
+    """What the sinks of one run share and may know about it when they are built (before the first frame).
 
     ``stats`` returns the pipeline's live stats snapshot (see ``edgedet.stats``), ``source_stats``
-    the source's own counters (connected, reconnects_total, ...). Frame size is only known at the
-    first ``write``: sinks that need it (recorder, RTSP out) open lazily there.
+    the source's own counters (connected, reconnects_total, ...). ``live``: the source delivers in
+    real time (frames may be dropped). ``metrics`` collects what sinks add to ``/metrics``. Frame
+    size is only known at the first ``write``: sinks that need it (recorder, RTSP out) open lazily there.
     """
 
     labels: list[str] = field(default_factory=list)
@@ -24,6 +51,8 @@ class SinkContext:
     stats: Callable[[], dict] = dict
     source_stats: Callable[[], dict] = dict
     device: Optional[str] = None
+    live: bool = False
+    metrics: MetricsProviders = field(default_factory=MetricsProviders)
 
 
 @runtime_checkable

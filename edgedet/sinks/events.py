@@ -7,16 +7,18 @@ Each line::
      "detections": [{"label": "person", "class_id": 0, "score": 0.87, "box": [x1, y1, x2, y2]}]}
 
 ``time``/``epoch`` are the capture time of the frame (wall clock); boxes are pixels of the frame.
-The path ``-`` writes to standard output.
+The path ``-`` writes to standard output. The file always ends on a complete line, even when the
+disk fills up (see ``EventsSink``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
 
 from ..errors import SinkError
 from ..frame import Result
@@ -37,6 +39,14 @@ def event_record(result: Result) -> dict:
 
 
 class EventsSink(BaseSink):
+    """JSON Lines file written whole line by whole line.
+
+    Each line goes out in one ``write`` system call (no user-space buffer: a killed run loses no
+    line it reported). A write that fails (a full disk, a device error) cuts the file back to its
+    last complete line and raises one ``SinkError`` naming the file and the cause. Appending to a
+    file whose last line was cut (a power cut) first removes that partial line.
+    """
+
     needs_annotated = False
     reads_frame = False
 
@@ -44,37 +54,81 @@ class EventsSink(BaseSink):
         self.path = path
         self.append = append
         self.lines = 0
-        self._fh: Optional[IO[str]] = None
-        self._own = False
+        self._fd: Optional[int] = None
+        self._end = 0  # bytes of complete lines in the file
+        self._stdout = False
 
     def open(self) -> None:
-        if self._fh is not None:
+        if self._fd is not None or self._stdout:
             return
         if self.path == "-":
-            self._fh, self._own = sys.stdout, False
+            self._stdout = True
             return
         path = Path(self.path)
         if path.is_dir():
             raise SinkError(f"events file {path} is a directory")
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
         try:
-            self._fh = open(path, "a" if self.append else "w", encoding="utf-8", buffering=1)
+            self._fd = os.open(path, flags, 0o644)
+            self._end = os.lseek(self._fd, 0, os.SEEK_END)
+            if self._end:
+                self._end = _complete_length(path, self._end)
+                os.ftruncate(self._fd, self._end)
         except OSError as exc:
+            self._close_fd()
             raise SinkError(f"cannot write events file {path}: {exc.strerror or exc}") from exc
-        self._own = True
 
     def write(self, result: Result) -> None:
-        if self._fh is None:
+        self.write_line(json.dumps(event_record(result), separators=(",", ":")) + "\n")
+
+    def write_line(self, line: str) -> None:
+        """One complete line (ending in a newline), written whole."""
+        if self._fd is None and not self._stdout:
             self.open()
-        assert self._fh is not None
-        self._fh.write(json.dumps(event_record(result), separators=(",", ":")) + "\n")
-        self._fh.flush()
+        if self._stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            self._write_line(line.encode("utf-8"))
         self.lines += 1
 
-    def close(self) -> None:
-        if self._fh is not None:
+    def _write_line(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
             try:
-                self._fh.flush()
-                if self._own:
-                    self._fh.close()
-            finally:
-                self._fh = None
+                os.ftruncate(self._fd, self._end)  # no cut line: back to the last complete one
+            except OSError:
+                pass
+            self._close_fd()
+            raise SinkError(f"cannot write events file {self.path}: {exc.strerror or exc}") from None
+        self._end += len(data)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._stdout:
+            sys.stdout.flush()
+            self._stdout = False
+        self._close_fd()
+
+
+def _complete_length(path: Path, size: int) -> int:
+    """Bytes of ``path`` up to and including its last newline (``size`` if it ends with one)."""
+    with open(path, "rb") as fh:
+        pos = size
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                return start + nl + 1
+            pos = start
+    return 0

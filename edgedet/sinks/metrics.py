@@ -8,55 +8,43 @@ source's counters at scrape time, so ``/metrics`` always matches ``/stats`` and 
     edgedet_frames_output_total              frames.output
     edgedet_frames_dropped_total             dropped.total
     edgedet_frames_dropped_at_total{slot}    dropped.<slot>
-    edgedet_fps{kind="in|processed|out"}     fps.*
+    edgedet_fps{kind="in|processed|out"}     fps_recent.* (the last few seconds; or rate() the counters)
+    edgedet_fps_average{kind=...}            fps.* (averages over the whole run)
     edgedet_uptime_seconds                   elapsed_s
     edgedet_source_connected                 source.connected (1 when the source has no such notion)
     edgedet_source_reconnects_total          source.reconnects_total
     edgedet_source_last_frame_age_seconds    source.last_frame_age_s
+
+With tracking (``/stats`` ``pipeline.tracking``), and zones or lines in the configuration::
+
+    edgedet_objects_alive                    tracking.alive (objects being tracked now)
+    edgedet_zone_occupancy{zone}             objects in the zone now (sum of tracking.zones.<zone>)
+    edgedet_zone_objects{zone,label}         of them, those of a label
+    edgedet_line_crossings_total{line,direction="in|out"}   tracking.lines.<line>.in / .out
+
+Objects are counted from the object events the sink receives (``observe_objects``)::
+
+    edgedet_objects_total{label}             objects seen (``new`` events) since the start
 
 Latencies are histograms observed from each result's timings (milliseconds -> seconds)::
 
     edgedet_inference_latency_seconds        timings["invoke"]
     edgedet_stage_latency_seconds{stage}     every timing of the result (capture, preprocess, ...)
 
-Other sinks of the same run add their own gauges/counters (e.g. MQTT queue drops) with
-``register_extra(ctx, fn)``: ``fn() -> {name: (kind, help, value)}``, read at scrape time.
+Other sinks of the same run add their own gauges/counters (e.g. MQTT queue drops) to the run's
+``SinkContext.metrics``: ``fn() -> {name: (kind, help, value)}``, read at scrape time.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ..errors import SinkError
 from ..frame import Result
+from ..tracking import ObjectEvent
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-_EXTRAS: dict[int, list[Callable[[], dict]]] = {}  # id(SinkContext) -> callables
-_EXTRAS_LOCK = threading.Lock()
-
-
-def register_extra(ctx, fn: Callable[[], dict]) -> None:
-    """Expose ``fn()``'s metrics on the ``/metrics`` of the run that shares ``ctx``."""
-    with _EXTRAS_LOCK:
-        _EXTRAS.setdefault(id(ctx), []).append(fn)
-
-
-def unregister_extra(ctx, fn: Callable[[], dict]) -> None:
-    with _EXTRAS_LOCK:
-        fns = _EXTRAS.get(id(ctx), [])
-        if fn in fns:
-            fns.remove(fn)
-        if not fns:
-            _EXTRAS.pop(id(ctx), None)
-
-
-def extras_for(ctx) -> list[Callable[[], dict]]:
-    with _EXTRAS_LOCK:
-        return list(_EXTRAS.get(id(ctx), []))
 
 
 def _prometheus():
@@ -64,7 +52,7 @@ def _prometheus():
         import prometheus_client  # noqa: F401
         from prometheus_client import core
     except ImportError:
-        raise SinkError("the metrics endpoint needs prometheus-client: pip install 'edgedet[stream]'") from None
+        raise SinkError("the metrics endpoint needs prometheus-client: pip install prometheus-client") from None
     return prometheus_client, core
 
 
@@ -101,12 +89,14 @@ class _StatsCollector:
                 if slot != "total":
                     per.add_metric([str(slot)], float(n))
             yield per
-        fps = snap.get("fps") or {}
-        if fps:
-            g = core.GaugeMetricFamily("edgedet_fps", "frames per second", labels=["kind"])
-            for kind, value in fps.items():
-                g.add_metric([str(kind)], float(value or 0.0))
-            yield g
+        for name, key, help_text in (("edgedet_fps", "fps_recent", "frames per second, last few seconds"),
+                                     ("edgedet_fps_average", "fps", "frames per second, whole run")):
+            rates = snap.get(key) or {}
+            if rates:
+                g = core.GaugeMetricFamily(name, help_text, labels=["kind"])
+                for kind, value in rates.items():
+                    g.add_metric([str(kind)], float(value or 0.0))
+                yield g
         if "elapsed_s" in snap:
             yield core.GaugeMetricFamily("edgedet_uptime_seconds", "seconds since the run started",
                                          value=float(snap["elapsed_s"]))
@@ -119,10 +109,60 @@ class _StatsCollector:
         if isinstance(age, (int, float)) and age >= 0:
             yield core.GaugeMetricFamily("edgedet_source_last_frame_age_seconds",
                                          "seconds since the source's last frame", value=float(age))
+        yield from _tracking_families(core, snap.get("tracking"))
         for fn in self.extra():
             for name, (kind, help_text, value) in _safe(fn).items():
                 family = core.CounterMetricFamily if kind == "counter" else core.GaugeMetricFamily
                 yield family(name, help_text, value=float(value))
+
+
+def _tracking_families(core, tracking) -> list:
+    """The tracking figures of a stats snapshot: objects alive, zone occupancy, line crossings."""
+    if not isinstance(tracking, dict):
+        return []
+    out = []
+    if "alive" in tracking:
+        out.append(core.GaugeMetricFamily("edgedet_objects_alive", "objects being tracked now",
+                                          value=float(tracking["alive"])))
+    zones = tracking.get("zones") or {}
+    if zones:
+        total = core.GaugeMetricFamily("edgedet_zone_occupancy", "objects in a zone now", labels=["zone"])
+        per = core.GaugeMetricFamily("edgedet_zone_objects", "objects of a label in a zone now",
+                                     labels=["zone", "label"])
+        for zone, by_label in zones.items():
+            total.add_metric([str(zone)], float(sum(by_label.values())))
+            for label, n in by_label.items():
+                per.add_metric([str(zone), str(label)], float(n))
+        out += [total, per]
+    lines = tracking.get("lines") or {}
+    if lines:
+        crossings = core.CounterMetricFamily("edgedet_line_crossings", "objects that crossed a line",
+                                             labels=["line", "direction"])
+        for line, counts in lines.items():
+            for direction in ("in", "out"):
+                crossings.add_metric([str(line), direction], float(counts.get(direction, 0)))
+        out.append(crossings)
+    return out
+
+
+class _ObjectsCollector:
+    """``edgedet_objects_total{label}`` from the counts ``Metrics.observe_objects`` keeps."""
+
+    def __init__(self, counts: dict) -> None:
+        self.counts = counts
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        if not self.counts:  # no object yet, or tracking off
+            return
+        _, core = _prometheus()
+        family = core.CounterMetricFamily("edgedet_objects", "objects seen (confirmed tracks) since the start",
+                                          labels=["label"])
+        for label, n in list(self.counts.items()):
+            family.add_metric([label], float(n))
+        yield family
 
 
 def _safe(fn: Callable[[], dict]) -> dict:
@@ -148,6 +188,14 @@ class Metrics:
         self.stage = prometheus_client.Histogram(
             "edgedet_stage_latency_seconds", "time per frame in each pipeline stage", ["stage"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._objects: dict[str, int] = {}  # label -> objects seen (``new`` events)
+        self.registry.register(_ObjectsCollector(self._objects))
+
+    def observe_objects(self, events: Sequence[ObjectEvent]) -> None:
+        for event in events:
+            if event.kind == "new":
+                label = str(event.label)
+                self._objects[label] = self._objects.get(label, 0) + 1
 
     def observe(self, result: Result) -> None:
         for stage, ms in (result.timings or {}).items():

@@ -7,6 +7,21 @@ the host name; ``CAMERA`` = ``--camera-name``, default ``camera``)::
     PREFIX/DEVICE/CAMERA/detections   one JSON event per published change (QoS ``--mqtt-qos``)
     PREFIX/DEVICE/CAMERA/state        the current labels and counts (retained)
 
+With tracking (``edgedet run`` tracks by default), per object and per zone::
+
+    PREFIX/DEVICE/CAMERA/events             one JSON object event: new / update / end (QoS ``--mqtt-qos``)
+    PREFIX/DEVICE/CAMERA/LABEL/snapshot     the latest object of LABEL: its first picture when it appears,
+                                            its best one when it ends (JPEG, retained)
+    PREFIX/DEVICE/CAMERA/LABEL/count        objects of LABEL present now (retained, on change)
+    PREFIX/DEVICE/CAMERA/zones/ZONE/count   objects in ZONE now (retained, on change)
+    PREFIX/DEVICE/CAMERA/lines/LINE         {"in": n, "out": m} crossings so far (retained, on change)
+
+and Home Assistant discovery (``--ha-discovery``, on by default; ``edgedet.sinks.homeassistant``):
+an occupancy binary sensor and a count sensor per label seen and per zone, a camera entity per
+label fed by its snapshot topic, all available while the run is (the last will says ``offline``).
+Discovery is sent at each connection and again when Home Assistant announces itself
+(``homeassistant/status`` ``online``).
+
 An event::
 
     {"device": "pi4", "camera": "door", "model": "ssd_mobilenet_v1_coco_quant", "frame": 1234,
@@ -32,7 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import threading
@@ -43,36 +57,24 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import MqttConfig
+from ..config import MqttConfig, parse_broker
 from ..detections import label_for
-from ..errors import SinkError
+from ..errors import ConfigError, SinkError
 from ..frame import Result
+from ..tracking import ObjectEvent
 from .base import BaseSink, SinkContext
+from .homeassistant import Discovery, DiscoveryTopics, topic_level
+from .objects import object_record
 
 log = logging.getLogger("edgedet.mqtt")
 
 CONNECT_TIMEOUT = 5.0  # seconds to wait for the broker's answer at start
 RECONNECT_MAX_DELAY = 10  # seconds, cap of paho's reconnect backoff
 KEEPALIVE = 30
+HA_STATUS = "{prefix}/status"  # Home Assistant's birth message: "online" when it (re)starts
 
 
-def _segment(name: str) -> str:
-    """A topic level: no '/', '+', '#' or spaces."""
-    cleaned = re.sub(r"[/+#\s]+", "_", str(name)).strip("_")
-    return cleaned or "unnamed"
 
-
-def parse_broker(spec: str, tls: bool) -> tuple[str, int]:
-    """``host``, ``host:1884``, ``[::1]:1883``, ``mqtt://host:1883`` -> ``(host, port)``."""
-    text = str(spec).strip()
-    text = re.sub(r"^(mqtts?|tcp|ssl)://", "", text)
-    m = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+))(?::(?P<port>\d{1,5}))?", text)
-    if not m:
-        raise SinkError(f"mqtt.host: expected HOST[:PORT], got {spec!r}")
-    port = int(m.group("port")) if m.group("port") else (8883 if tls else 1883)
-    if not 0 < port < 65536:
-        raise SinkError(f"mqtt.host: port must be 1-65535, got {port}")
-    return m.group("v6") or m.group("host"), port
 
 
 class MqttSink(BaseSink):
@@ -85,14 +87,27 @@ class MqttSink(BaseSink):
         self.cfg = mqtt_cfg
         self.ctx = ctx or SinkContext()
         if not mqtt_cfg.host:
-            raise SinkError("mqtt.host: no broker given (--mqtt HOST[:PORT])")
+            raise ConfigError("mqtt.host: no broker given (--mqtt HOST[:PORT])")
         self.host, self.port = parse_broker(mqtt_cfg.host, mqtt_cfg.tls)
-        self.device = _segment(mqtt_cfg.device or self.ctx.device or socket.gethostname())
-        self.camera = _segment(mqtt_cfg.camera)
+        self.device = topic_level(mqtt_cfg.device or self.ctx.device or socket.gethostname())
+        self.camera = topic_level(mqtt_cfg.camera)
         base = f"{mqtt_cfg.topic_prefix.strip('/')}/{self.device}"
         self.topic_availability = f"{base}/availability"
         self.topic_detections = f"{base}/{self.camera}/detections"
         self.topic_state = f"{base}/{self.camera}/state"
+        self.topic_events = f"{base}/{self.camera}/events"
+        self.topics = DiscoveryTopics(self.topic_availability, f"{base}/{self.camera}")
+        self.discovery: Optional[Discovery] = None
+        if mqtt_cfg.ha_discovery:
+            from .. import __version__
+
+            self.discovery = Discovery(self.topics, self.device, self.camera, prefix=mqtt_cfg.ha_prefix,
+                                       model=self.ctx.model_name, version=__version__)
+        self._announced: dict[str, list] = {}  # label or "zone:NAME" -> its discovery messages
+        self._present: dict[int, str] = {}  # live object id -> label
+        self._labels_seen: set[str] = set()
+        self._published_counts: dict[str, bytes] = {}  # retained count topic -> last payload
+        self._snap_sent: dict[str, object] = {}  # label -> the Snapshot last published
         self._client = None
         self._queue: deque = deque()
         self._cond = threading.Condition()
@@ -104,7 +119,6 @@ class MqttSink(BaseSink):
         self._last_key: Optional[tuple] = None
         self._last_sent = 0.0
         self._pending: Optional[tuple[dict, dict]] = None
-        self._state_payload: Optional[bytes] = None
         self._ever_connected = False
         self._counts = {"events_published": 0, "events_dropped": 0, "events_suppressed": 0,
                         "connects": 0, "disconnects": 0}
@@ -133,6 +147,7 @@ class MqttSink(BaseSink):
         client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_DELAY)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         client.enable_logger(logging.getLogger("edgedet.mqtt.paho"))
         logging.getLogger("edgedet.mqtt.paho").setLevel(logging.CRITICAL)  # we log state changes ourselves
         self._client = client
@@ -159,11 +174,11 @@ class MqttSink(BaseSink):
                 raise SinkError(f"MQTT broker {where} refused the login: {reason}")
         self._sender = threading.Thread(target=self._send_loop, name="edgedet-mqtt", daemon=True)
         self._sender.start()
-        from .metrics import register_extra
-
-        register_extra(self.ctx, self.prometheus)
+        self.ctx.metrics.add(self.prometheus)
 
     def write(self, result: Result) -> None:
+        if result.zones is not None:
+            self._zone_counts(result)
         counts = self._label_counts(result)
         key = tuple(sorted(counts.items()))
         if self.cfg.only_on_change and key == self._last_key:
@@ -185,9 +200,7 @@ class MqttSink(BaseSink):
         self._enqueue(event, state)
 
     def close(self) -> None:
-        from .metrics import unregister_extra
-
-        unregister_extra(self.ctx, self.prometheus)
+        self.ctx.metrics.remove(self.prometheus)
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -250,6 +263,11 @@ class MqttSink(BaseSink):
     def _enqueue(self, event: dict, state: dict) -> None:
         payload = json.dumps(event, separators=(",", ":")).encode()
         state_payload = json.dumps(state, separators=(",", ":")).encode()
+        self._push(((self.topic_detections, payload, self.cfg.qos, False), (self.topic_state, state_payload, 1, True)))
+
+    def _push(self, messages: tuple) -> None:
+        """Queue messages ``(topic, payload, qos, retain)`` sent together, in order (the first one
+        decides whether they went out)."""
         with self._cond:
             if len(self._queue) >= self.cfg.queue_size:
                 self._queue.popleft()
@@ -258,7 +276,7 @@ class MqttSink(BaseSink):
                 if dropped == 1 or dropped % 100 == 0:
                     log.warning("MQTT queue full (%d events, broker away): dropped %d event(s) so far",
                                 self.cfg.queue_size, dropped)
-            self._queue.append((payload, state_payload))
+            self._queue.append(messages)
             self._cond.notify_all()
 
     def _send_loop(self) -> None:
@@ -276,20 +294,84 @@ class MqttSink(BaseSink):
             with self._cond:
                 if not self._connected or not self._queue:
                     return
-                payload, state_payload = self._queue[0]
-            info = client.publish(self.topic_detections, payload, qos=self.cfg.qos)
+                messages = self._queue[0]
+            (topic, payload, qos, retain), *rest = messages
+            info = client.publish(topic, payload, qos=qos, retain=retain)
             if info.rc != 0:  # lost the connection meanwhile: keep the event for later
                 return
-            client.publish(self.topic_state, state_payload, qos=1, retain=True)
+            for topic, payload, qos, retain in rest:
+                client.publish(topic, payload, qos=qos, retain=retain)
             with self._cond:
-                if self._queue and self._queue[0][0] is payload:
+                if self._queue and self._queue[0] is messages:
                     self._queue.popleft()
-                self._counts["events_published"] += 1
-                self._state_payload = state_payload
+                if messages[0][0] in (self.topic_detections, self.topic_events):
+                    self._counts["events_published"] += 1
             if deadline is not None and time.monotonic() > deadline:
                 return
 
+    # ------------------------------------------------------------------ objects, zones, discovery
+    def on_objects(self, events: list[ObjectEvent]) -> None:
+        """Object events of a frame (or the run's end): the events topic, snapshots, label counts."""
+        for e in events:
+            if self.discovery is not None and e.label not in self._announced:
+                self._announce(e.label, self.discovery.label(e.label))
+            record = {"device": self.device, "camera": self.camera, **object_record(e)}
+            messages = [(self.topic_events, json.dumps(record, separators=(",", ":")).encode(), self.cfg.qos, False)]
+            if e.kind != "update" and e.snapshot is not None and self._snap_sent.get(e.label) is not e.snapshot:
+                self._snap_sent[e.label] = e.snapshot
+                messages.append((self.topics.snapshot(e.label), e.snapshot.jpeg(), 0, True))
+            if e.kind == "end":
+                self._present.pop(e.track_id, None)
+            else:
+                self._present[e.track_id] = e.label
+            self._push(tuple(messages))
+            self._labels_seen.add(e.label)
+        counts = dict.fromkeys(self._labels_seen, 0)
+        for label in self._present.values():
+            counts[label] += 1
+        self._publish_counts({self.topics.label_count(k): str(v) for k, v in counts.items()})
+
+    def _zone_counts(self, result: Result) -> None:
+        zones = result.zones
+        assert zones is not None
+        if self.discovery is not None:
+            for name in zones.zone_names:
+                if f"zone:{name}" not in self._announced:
+                    self._announce(f"zone:{name}", self.discovery.zone(name))
+        inside = zones.inside.sum(axis=0).tolist() if len(zones.zone_names) else []
+        values = {self.topics.zone_count(name): str(int(n)) for name, n in zip(zones.zone_names, inside)}
+        for line, c in result.line_counts.items():
+            values[self.topics.line(line)] = json.dumps(c, separators=(",", ":"))
+        self._publish_counts(values)
+
+    def _publish_counts(self, values: dict) -> None:
+        """Retained state topics, each published when its value changed."""
+        changed = []
+        for topic, text in values.items():
+            payload = text.encode()
+            if self._published_counts.get(topic) != payload:
+                self._published_counts[topic] = payload
+                changed.append((topic, payload, 1, True))
+        if changed:
+            self._push(tuple(changed))
+
+    def _announce(self, key: str, messages: list) -> None:
+        with self._cond:
+            self._announced[key] = messages
+        self._push(tuple((topic, payload, 1, True) for topic, payload in messages))
+
+    def _announce_all(self, client) -> None:
+        with self._cond:
+            announced = list(self._announced.values())
+        for messages in announced:
+            for topic, payload in messages:
+                client.publish(topic, payload, qos=1, retain=True)
+
     # ------------------------------------------------------------------ paho callbacks (its thread)
+    def _on_message(self, client, userdata, msg) -> None:
+        if self.discovery is not None and msg.payload == b"online":  # Home Assistant restarted
+            self._announce_all(client)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connack_reason = reason_code
         if reason_code.is_failure:
@@ -298,6 +380,9 @@ class MqttSink(BaseSink):
             self._connack.set()
             return
         client.publish(self.topic_availability, "online", qos=1, retain=True)
+        if self.discovery is not None:
+            client.subscribe(HA_STATUS.format(prefix=self.discovery.prefix), qos=1)
+            self._announce_all(client)
         with self._cond:
             self._connected = True
             self._counts["connects"] += 1

@@ -2,20 +2,28 @@
 
 ``Overlay.draw(image, detections, labels, fps=..., infer_ms=...)`` returns an annotated copy:
 boxes in a colour per class, a filled label tag ``person 0.87`` above each box, and an
-``FPS / inference ms`` line in the corner. Line thickness and font scale follow the frame size so
+``FPS / inference ms`` line in the corner. Tracked boxes carry their id (``person #12 0.87``);
+zones are drawn as outlines named with how many objects are inside, counting lines with their
+``in / out`` counts. Line thickness and font scale follow the frame size so
 the text reads the same on a 320p and a 1080p frame. Sizes are computed once per frame size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import cv2
 import numpy as np
 
 from ..detections import Detections, label_for
 from ..frame import Result
+
+if TYPE_CHECKING:
+    from ..tracking import ZoneCounter, ZoneUpdate
+
+ZONE_COLOR = (0, 200, 255)  # BGR: amber
+LINE_COLOR = (255, 0, 255)  # BGR: magenta
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -72,25 +80,31 @@ class Overlay:
 
     def draw(self, image: np.ndarray, detections: Detections, labels: Optional[Sequence[str]] = None, *,
              fps: Optional[float] = None, infer_ms: Optional[float] = None,
-             out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Draw on a copy of ``image`` (or into ``out``, same shape) and return it."""
+             out: Optional[np.ndarray] = None, counter: Optional[ZoneCounter] = None,
+             zones: Optional[ZoneUpdate] = None, line_counts: Optional[dict] = None) -> np.ndarray:
+        """Draw on a copy of ``image`` (or into ``out``, same shape) and return it.
+
+        ``counter``: the zones and lines to draw (in pixels of this frame); ``zones`` who is inside
+        each zone now, ``line_counts`` the crossings so far (``ZoneCounter.line_counts()``)."""
         if out is None:
             out = image.copy()
         elif out is not image:
             np.copyto(out, image)
         h, w = out.shape[:2]
         st = self.style(w, h)
+        if counter is not None:
+            self._shapes(out, counter, zones, line_counts or {}, st, h, w)
         n = len(detections)
         if n:
             boxes = np.round(detections.xyxy).astype(np.int32)
             np.clip(boxes[:, 0::2], 0, w - 1, out=boxes[:, 0::2])
             np.clip(boxes[:, 1::2], 0, h - 1, out=boxes[:, 1::2])
             ids = detections.class_ids.tolist()
+            texts = [label_for(labels, c) for c in ids]
+            if detections.track_ids is not None:
+                texts = [f"{t} #{k}" if k >= 0 else t for t, k in zip(texts, detections.track_ids.tolist())]
             if self.show_scores:
-                scores = detections.scores.tolist()
-                texts = [f"{label_for(labels, c)} {s:.2f}" for c, s in zip(ids, scores)]
-            else:
-                texts = [label_for(labels, c) for c in ids]
+                texts = [f"{t} {s:.2f}" for t, s in zip(texts, detections.scores.tolist())]
             # draw lowest score first so the strongest box ends on top
             order = np.argsort(detections.scores, kind="stable").tolist()
             for i in order:
@@ -107,6 +121,21 @@ class Overlay:
             self._tag(out, "  ".join(parts), 0, 0, (32, 32, 32), st, h, w, inside=True,
                       text_color=(255, 255, 255))
         return out
+
+    def _shapes(self, img: np.ndarray, counter: ZoneCounter, zones: Optional[ZoneUpdate], line_counts: dict,
+                st: Style, h: int, w: int) -> None:
+        inside = zones.inside.sum(axis=0).tolist() if zones is not None and len(zones.zone_names) else None
+        for z, (zone, polygon) in enumerate(zip(counter.zones, counter.polygons)):
+            pts = np.round(polygon).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(img, [pts], True, ZONE_COLOR, st.thickness, cv2.LINE_AA)
+            text = zone.name if inside is None else f"{zone.name}: {int(inside[z])}"
+            x, y = (int(v) for v in polygon.min(axis=0))
+            self._tag(img, text, x, y, ZONE_COLOR, st, h, w, inside=True)
+        for line, seg in zip(counter.lines, counter.segments):
+            a, b = (tuple(int(round(v)) for v in p) for p in seg)
+            cv2.line(img, a, b, LINE_COLOR, st.thickness, cv2.LINE_AA)
+            c = line_counts.get(line.name, {"in": 0, "out": 0})
+            self._tag(img, f"{line.name} in {c['in']} out {c['out']}", a[0], a[1], LINE_COLOR, st, h, w)
 
     @staticmethod
     def _tag(img: np.ndarray, text: str, x: int, y: int, color, st: Style, h: int, w: int, *,

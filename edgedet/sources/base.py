@@ -14,7 +14,8 @@ class Source(Protocol):
     ``open`` raises ``SourceError`` naming the source (credentials masked) if it cannot be opened.
     ``read`` blocks until the next frame and returns it, or ``None`` at the end of input (a live
     source that loses its stream reconnects inside ``read`` and never returns ``None`` for that).
-    ``live`` is True for cameras and network streams (the pipeline keeps only the newest frame).
+    ``live`` is True for cameras and network streams (frames arrive in real time); a run takes its
+    drop policy from ``resolve_source`` (the same answer, decided before the source is built).
     ``fps`` is the nominal frame rate (0.0 if unknown); ``name`` is safe to print.
     ``stats()`` returns source-specific counters (e.g. connected, reconnects_total).
     """

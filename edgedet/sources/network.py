@@ -1,16 +1,36 @@
 """Network video streams (``rtsp://``, ``rtsps://``, ``http(s)://``, ``rtmp://``, ...) that survive outages.
 
-``NetworkSource`` checks the URL and that the server answers before it opens the stream, so a typo
-or a dead camera is one clear ``SourceError`` at start. After that it never gives up by itself
-(unless ``reconnect_attempts`` says so): a reader thread decodes the stream and keeps only the newest
-frame; a supervisor thread watches it and, on a stall (no frame for ``stall_timeout``), an end of
-stream or a read error, drops the connection and reconnects with capped exponential backoff. Frames
-buffered before an outage are never handed out after it.
+``NetworkSource`` checks the URL and that the server's port answers, then opens the stream with
+FFmpeg, so a typo or a dead camera is one clear ``SourceError`` at start. After that it never gives
+up by itself (unless ``reconnect_attempts`` says so): a reader thread decodes the stream and keeps
+only the newest frame; a supervisor thread watches it and, on a stall (no frame for
+``stall_timeout``), an end of stream or a read error, drops the connection and reconnects with
+capped exponential backoff. Frames buffered before an outage are never handed out after it.
+
+Talking to RTSP servers:
+
+- Nothing but FFmpeg talks RTSP before a stream is opened: a server with shared media (the usual
+  ``gst-rtsp-server`` setup of DIY and embedded cameras) tears its media down when a client leaves
+  and answers the next ``DESCRIBE`` ``503`` meanwhile, so a probe of our own just before FFmpeg's
+  would make FFmpeg fail. Only when FFmpeg could not open the stream does a plain ``DESCRIBE`` ask
+  the server why, and the next attempt waits at least the backoff.
+- A missing path (404), a refused login (401), a server that does not speak RTSP or never answers
+  is an error at start; other answers (503, 453, a 200 that gave no video: a busy or restarting
+  server) are retried for up to ``open_timeout``, each retry logging the server's answer.
+- While backing off from a server that is down (connection refused, unreachable), its TCP port is
+  checked every ``PORT_POLL`` seconds: when it answers again, the next attempt starts at once
+  instead of at the end of a backoff that may have grown to ``reconnect_max_backoff``.
+
+Stopping: every wait is interruptible. ``interrupt()`` (called by the pipeline when it stops) makes
+``read()`` return None at once and drops a connection attempt in progress; ``close()`` releases
+what it can within about ``CLOSE_WAIT`` and leaves a thread stuck in FFmpeg (an open or a read
+that hangs on a silent server, bounded by FFmpeg's own timeouts) to finish on its own: its
+capture is released when it returns and its frames are ignored. At start, FFmpeg's open runs in
+such a thread too, so a signal or ``close()`` stops a start-up that waits for a hung camera.
 
 FFmpeg (through OpenCV) does the protocol work. Its options are set per open through
 ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``rtsp_transport``, socket timeout) and the
-``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC`` parameters. A read that hangs in
-spite of them is abandoned: its thread finishes on its own and its frames are ignored.
+``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC`` parameters.
 """
 
 from __future__ import annotations
@@ -21,7 +41,8 @@ import re
 import socket
 import threading
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from ..config import SourceConfig
@@ -40,6 +61,12 @@ _TCP_CHECK = {"rtsp", "rtsps", "rtsph", "http", "https", "rtmp", "rtmps", "tcp"}
 
 ANALYZE_DURATION_S = 1.0  # how much stream FFmpeg reads to learn its format when connecting
 INITIAL_BACKOFF = 0.5  # seconds before the first reconnect attempt; doubles up to the cap
+PORT_POLL = 0.5  # seconds between checks of a down server's port while backing off
+CLOSE_WAIT = 0.5  # seconds close() waits for each thread before leaving it to finish on its own
+WAIT_SLICE = 0.05  # seconds between checks of the stop flag while waiting for an open
+#: RTSP answers that mean "there is no such stream for you": not worth retrying at start
+#: (0: no answer in time, -1: not RTSP)
+PERMANENT_ANSWERS = frozenset({0, -1, 401, 403, 404})
 _ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide
 
 
@@ -54,6 +81,69 @@ def _avformat_major() -> int:
 
     m = re.search(r"avformat:\s*YES\s*\((\d+)\.", cv2.getBuildInformation())
     return int(m.group(1)) if m else 0
+
+
+@dataclass
+class Attempt:
+    """The outcome of one connection attempt: an open capture, or why there is none."""
+
+    cap: Any = None  # an opened cv2.VideoCapture
+    problem: str = ""  # why it failed (one line, credentials masked)
+    down: bool = False  # the server itself is unreachable (refused, no route, no answer on its port)
+    permanent: bool = False  # at start: retrying will not help (bad path, login, not a stream)
+
+    def release(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class Abandonable:
+    """``fn()`` in a daemon thread that the caller may stop waiting for (then ``on_abandon(result)``
+    runs when it finishes). ``wait(stop)`` returns the result, or None once ``stop`` is set; an
+    exception in the waiting thread (a signal's) abandons the call too."""
+
+    def __init__(self, fn: Callable[[], Any], on_abandon: Callable[[Any], None], name: str) -> None:
+        self._fn, self._on_abandon = fn, on_abandon
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._abandoned = False
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        result, error = None, None
+        try:
+            result = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            error = exc
+        with self._lock:
+            if not self._abandoned:
+                self._result, self._error = result, error
+                self._done.set()
+                return
+        if result is not None:
+            self._on_abandon(result)
+
+    def wait(self, stop: threading.Event) -> Any:
+        finished = False
+        try:
+            while not self._done.wait(WAIT_SLICE):
+                if stop.is_set():
+                    break
+            finished = True
+        finally:
+            with self._lock:
+                if not self._done.is_set():
+                    self._abandoned = True
+                elif not finished and self._result is not None:  # unwinding: nobody takes the result
+                    self._on_abandon(self._result)
+        if not self._done.is_set():
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 class NetworkSource:
@@ -85,7 +175,7 @@ class NetworkSource:
         self._frames_skipped = 0
         self._error: Optional[SourceError] = None
         self._last_problem = ""
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # a new one per open(): threads of an earlier open keep theirs
         self._supervisor: Optional[threading.Thread] = None
         self._reader: Optional[threading.Thread] = None
         self._reader_done = threading.Event()
@@ -93,40 +183,50 @@ class NetworkSource:
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Check the URL and the server, connect, and start the reader; ``SourceError`` if not."""
+        """Check the URL and the server, connect, and start the reader; ``SourceError`` if not.
+
+        Returns without a connection (``read()`` then returns None) if ``interrupt()`` or
+        ``close()`` is called meanwhile."""
         if self._supervisor is not None:
             return
-        self._check_url()
-        self._set_state("connecting")
-        answer = self._rtsp_describe()
-        if answer is not None and answer[0] in (404, 0, -1):
-            self._set_state("closed")
-            raise SourceError(f"could not open the stream {self.name}: {self._rtsp_status_hint()}")
-        cap = self._open_capture()
-        if cap is None:
-            self._set_state("closed")
-            why = self._rtsp_status_hint()
-            raise SourceError(
-                f"could not open the stream {self.name}: "
-                + (why or "the server answered but gave no video (wrong path, or not a video stream?)")
-            )
-        self._stop.clear()
-        self._start_reader(cap)
-        self._supervisor = threading.Thread(target=self._supervise, name="edgedet-source-net", daemon=True)
+        stop = self._stop = threading.Event()
+        self._set_state("connecting", level=logging.DEBUG)
+        try:
+            cap = self._connect_at_start(stop)
+        except BaseException:  # the error itself is the one line the user sees
+            self._set_state("closed", level=logging.DEBUG)
+            raise
+        if cap is None:  # stopped while connecting
+            self._set_state("closed", level=logging.DEBUG)
+            return
+        self._start_reader(cap, stop)
+        self._supervisor = threading.Thread(target=self._supervise, args=(stop,), name="edgedet-source-net",
+                                            daemon=True)
         self._supervisor.start()
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
+        """Stop waiting for the stream: ``read()`` returns None from now on and a connection attempt
+        in progress is dropped. Safe from any thread and from a signal handler; ``close()`` still
+        releases the connection."""
         self._stop.set()
-        self._abandon.set()
         with self._cond:
             self._cond.notify_all()
+
+    def close(self) -> None:
+        self.interrupt()
+        self._abandon.set()
         sup, self._supervisor = self._supervisor, None
-        if sup is not None:
-            sup.join(timeout=self.cfg.open_timeout + 2.0)
-        reader = self._reader
-        if reader is not None:
-            reader.join(timeout=self.cfg.read_timeout + 2.0)
-        self._connected = False
+        reader, self._reader = self._reader, None
+        deadline = time.monotonic() + CLOSE_WAIT
+        for thread in (sup, reader):
+            if thread is not None:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.debug("%s: %s still waits on FFmpeg; it finishes on its own", self.name, thread.name)
+        with self._cond:
+            self._gen += 1
+            self._image = None
+            self._connected = False
         self._set_state("closed")
 
     def __enter__(self) -> NetworkSource:
@@ -138,12 +238,12 @@ class NetworkSource:
 
     # ------------------------------------------------------------------ reading
     def read(self) -> Optional[Frame]:
-        """The newest frame not yet returned; waits through outages. ``None`` only once closed."""
+        """The newest frame not yet returned; waits through outages. ``None`` once interrupted or closed."""
         with self._cond:
             while True:
                 if self._error is not None:
                     raise self._error
-                if self._stop.is_set():
+                if self._stop.is_set() or self._state == "closed":
                     return None
                 if self._image is not None and self._seq != self._returned_seq:
                     self._frames_skipped += max(0, self._seq - self._returned_seq - 1)
@@ -165,12 +265,14 @@ class NetworkSource:
                 "failed_attempts_total": self._failed_attempts,
                 "last_frame_age_s": round(age, 3) if age != float("inf") else -1.0,
                 "state": self._state,
+                "last_error": self._last_problem,
                 "frames_received": self._frames_received,
                 "frames_skipped": self._frames_skipped,
             }
 
-    # ------------------------------------------------------------------ checks at start
-    def _check_url(self) -> None:
+    # ------------------------------------------------------------------ checks
+    def _address(self) -> Optional[tuple[str, int]]:
+        """``(host, port)`` to check over TCP, None for schemes we do not check; ``SourceError`` if malformed."""
         try:
             parts = urlsplit(self.uri)
         except ValueError as exc:
@@ -189,43 +291,113 @@ class NetworkSource:
         try:
             port = parts.port
         except ValueError:
-            raise SourceError(
-                f"bad port in {self.name}: expected a number 1-65535"
-            ) from None
+            raise SourceError(f"bad port in {self.name}: expected a number 1-65535") from None
         if port == 0:
             raise SourceError(f"bad port in {self.name}: expected a number 1-65535")
         port = port or SCHEMES[scheme]
         if scheme not in _TCP_CHECK or port is None:
+            return None
+        return host, port
+
+    def _check_url(self) -> None:
+        """The URL is well formed and the server's port accepts a connection; ``SourceError`` if not."""
+        addr = self._address()
+        if addr is None:
             return
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise SourceError(f"cannot resolve host {host!r} of {self.name}: {exc.args[-1]}") from None
-        last: Optional[BaseException] = None
-        for family, socktype, proto, _canon, addr in infos:
-            s = socket.socket(family, socktype, proto)
-            s.settimeout(self.cfg.open_timeout)
-            try:
-                s.connect(addr)
-                return
-            except ConnectionRefusedError as exc:
-                last = exc
-            except (socket.timeout, TimeoutError) as exc:
-                last = exc
-            except OSError as exc:
-                last = exc
-            finally:
-                s.close()
+        host, port = addr
+        last = self._connect(host, port, self.cfg.open_timeout)
+        if last is None:
+            return
         if isinstance(last, ConnectionRefusedError):
             raise SourceError(f"connection refused by {host}:{port} for {self.name} (wrong port, or "
                               f"the server is not running?)")
         if isinstance(last, (socket.timeout, TimeoutError)):
             raise SourceError(f"host {host}:{port} did not answer within {self.cfg.open_timeout:g} s "
                               f"for {self.name} (unreachable?)")
+        if isinstance(last, (socket.gaierror, UnicodeError)):
+            raise SourceError(f"cannot resolve host {host!r} of {self.name}: {last.args[-1]}")
         reason = getattr(last, "strerror", None) or str(last)
         raise SourceError(f"cannot reach {host}:{port} for {self.name}: {reason}")
 
+    @staticmethod
+    def _connect(host: str, port: int, timeout: float) -> Optional[BaseException]:
+        """None if ``host:port`` accepts a TCP connection (closed at once), else the error."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            return exc
+        last: Optional[BaseException] = None
+        for family, socktype, proto, _canon, addr in infos:
+            s = socket.socket(family, socktype, proto)
+            s.settimeout(timeout)
+            try:
+                s.connect(addr)
+                return None
+            except OSError as exc:
+                last = exc
+            finally:
+                s.close()
+        return last
+
+    def _port_answers(self) -> bool:
+        """A cheap check while backing off: does the server's port accept connections again?"""
+        try:
+            addr = self._address()
+        except SourceError:
+            return False
+        return addr is not None and self._connect(*addr, min(self.cfg.open_timeout, PORT_POLL)) is None
+
     # ------------------------------------------------------------------ connections
+    def _attempt(self) -> Attempt:
+        """One connection attempt: the port answers, FFmpeg opens the stream (nothing else talks to
+        the server before FFmpeg); if FFmpeg fails, the server is asked why."""
+        try:
+            self._check_url()
+        except SourceError as exc:
+            return Attempt(problem=str(exc), down=True, permanent=True)
+        cap = self._open_capture()
+        if cap is not None:
+            return Attempt(cap=cap)
+        answer = self._rtsp_describe()
+        hint = self._rtsp_status_hint(answer)
+        if answer is None:
+            if urlsplit(self.uri).scheme.lower() == "rtsp":  # the connection dropped while asking: retry
+                return Attempt(problem=hint or "the server closed the connection")
+            return Attempt(problem=hint or "the server answered but gave no video (wrong path, or not a "
+                                           "video stream?)", permanent=True)
+        return Attempt(problem=hint, permanent=answer[0] in PERMANENT_ANSWERS)
+
+    def _connect_at_start(self, stop: threading.Event):
+        """An opened capture, None if stopped meanwhile; ``SourceError`` for a stream that will not open.
+
+        Transient failures (a busy or restarting server) are retried with backoff for up to
+        ``open_timeout``. Each attempt runs in a thread that is abandoned if ``stop`` is set or
+        an exception (a signal) interrupts the wait."""
+        t0 = time.monotonic()
+        delay = INITIAL_BACKOFF
+        attempt_no = 0
+        while True:
+            attempt_no += 1
+            outcome: Optional[Attempt] = Abandonable(self._attempt, Attempt.release,
+                                                     "edgedet-source-open").wait(stop)
+            if outcome is None:
+                return None
+            if stop.is_set():
+                outcome.release()
+                return None
+            if outcome.cap is not None:
+                return outcome.cap
+            self._last_problem = outcome.problem
+            if outcome.permanent and outcome.down:
+                raise SourceError(outcome.problem)
+            if outcome.permanent or time.monotonic() - t0 + delay > self.cfg.open_timeout:
+                raise SourceError(f"could not open the stream {self.name}: {outcome.problem}")
+            log.info("%s not available yet (attempt %d: %s); retrying in %.1f s", self.name, attempt_no,
+                     outcome.problem, delay)
+            if stop.wait(delay):
+                return None
+            delay *= 2
+
     def _ffmpeg_options(self) -> str:
         scheme = urlsplit(self.uri).scheme.lower()
         opts = []
@@ -270,7 +442,7 @@ class NetworkSource:
             self.fps = float(fps)
         return cap
 
-    def _start_reader(self, cap) -> None:
+    def _start_reader(self, cap, stop: threading.Event) -> None:
         with self._cond:
             self._gen += 1
             gen = self._gen
@@ -280,20 +452,23 @@ class NetworkSource:
             self._connected = True
         self._abandon = threading.Event()
         self._reader_done = threading.Event()
+        self._last_problem = ""
         self._set_state("connected")
         self._reader = threading.Thread(
-            target=self._read_loop, args=(cap, gen, self._abandon, self._reader_done),
+            target=self._read_loop, args=(cap, gen, (self._abandon, stop), self._reader_done),
             name="edgedet-source-reader", daemon=True,
         )
         self._reader.start()
 
-    def _read_loop(self, cap, gen: int, abandon: threading.Event, done: threading.Event) -> None:
+    def _read_loop(self, cap, gen: int, quit_events: tuple[threading.Event, ...], done: threading.Event) -> None:
+        """Decode until the stream ends, or one of ``quit_events`` (this connection dropped, the source
+        stopped) is set."""
         try:
             slow_read = 0.9 * self.cfg.read_timeout
-            while not abandon.is_set():
+            while not any(e.is_set() for e in quit_events):
                 t0 = time.monotonic()
                 ok, image = cap.read()
-                if abandon.is_set():
+                if any(e.is_set() for e in quit_events):
                     break
                 if not ok or image is None:
                     break
@@ -319,23 +494,12 @@ class NetworkSource:
             cap.release()
             done.set()
 
-    def _supervise(self) -> None:
-        cfg = self.cfg
-        failures = 0
-        while not self._stop.is_set():
-            # watch the current connection
-            reason = None
-            while not self._stop.is_set():
-                if self._reader_done.wait(timeout=0.2):
-                    reason = "the stream ended or a read failed"
-                    break
-                with self._cond:
-                    age = time.monotonic() - self._last_frame
-                if age > cfg.stall_timeout:
-                    reason = f"no frame for {age:.1f} s (stalled)"
-                    break
-            if self._stop.is_set():
-                break
+    # ------------------------------------------------------------------ supervision
+    def _supervise(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            reason = self._watch(stop)
+            if reason is None:
+                return
             self._abandon.set()
             with self._cond:
                 self._gen += 1  # ignore anything the old reader still produces
@@ -343,36 +507,70 @@ class NetworkSource:
                 self._connected = False
                 self._disconnects += 1
             self._set_state("reconnecting", f"lost {self.name}: {reason}; reconnecting", logging.WARNING)
-            # reconnect with capped exponential backoff
-            failures = 0
-            while not self._stop.is_set():
-                self._last_problem = ""
-                cap = self._open_capture() if self._server_answers() else None
-                if self._stop.is_set():
-                    if cap is not None:
-                        cap.release()
-                    return
-                if cap is not None:
-                    with self._cond:
-                        self._reconnects += 1
-                    self._start_reader(cap)
-                    log.info("reconnected to %s after %d failed attempt(s)", self.name, failures)
-                    break
-                failures += 1
-                with self._cond:
-                    self._failed_attempts += 1
-                if cfg.reconnect_attempts and failures >= cfg.reconnect_attempts:
-                    err = SourceError(f"gave up on {self.name} after {failures} failed reconnect attempts")
-                    with self._cond:
-                        self._error = err
-                        self._cond.notify_all()
-                    self._set_state("failed", str(err), logging.ERROR)
-                    return
-                delay = min(cfg.reconnect_max_backoff, INITIAL_BACKOFF * 2 ** (failures - 1))
-                log.info("%s not available yet (attempt %d: %s); next try in %.1f s", self.name, failures,
-                         self._last_problem or "no video", delay)
-                self._stop.wait(delay)
+            if not self._reconnect(stop):
+                return
 
+    def _watch(self, stop: threading.Event) -> Optional[str]:
+        """Why the current connection is lost (stream ended, stalled), or None once stopped."""
+        while not stop.is_set():
+            if self._reader_done.wait(timeout=0.2):
+                return None if stop.is_set() else "the stream ended or a read failed"
+            with self._cond:
+                age = time.monotonic() - self._last_frame
+            if age > self.cfg.stall_timeout:
+                return f"no frame for {age:.1f} s (stalled)"
+        return None
+
+    def _reconnect(self, stop: threading.Event) -> bool:
+        """Reconnect with capped exponential backoff; False if stopped or given up."""
+        cfg = self.cfg
+        failures = 0  # drives the backoff; reset when a down server comes back
+        attempts = 0  # counts against reconnect_attempts
+        while not stop.is_set():
+            outcome = self._attempt()
+            if stop.is_set():
+                outcome.release()
+                return False
+            if outcome.cap is not None:
+                with self._cond:
+                    self._reconnects += 1
+                self._start_reader(outcome.cap, stop)
+                log.info("reconnected to %s after %d failed attempt(s)", self.name, attempts)
+                return True
+            failures += 1
+            attempts += 1
+            self._last_problem = outcome.problem
+            with self._cond:
+                self._failed_attempts += 1
+            if cfg.reconnect_attempts and attempts >= cfg.reconnect_attempts:
+                err = SourceError(f"gave up on {self.name} after {attempts} failed reconnect attempts "
+                                  f"(last: {outcome.problem})")
+                with self._cond:
+                    self._error = err
+                    self._cond.notify_all()
+                self._set_state("failed", str(err), logging.ERROR)
+                return False
+            delay = min(cfg.reconnect_max_backoff, INITIAL_BACKOFF * 2 ** (failures - 1))
+            log.info("%s not available yet (attempt %d: %s); next try in %.1f s", self.name, attempts,
+                     outcome.problem, delay)
+            if self._back_off(stop, delay, watch_port=outcome.down):
+                log.info("%s: the server answers again; connecting", self.name)
+                failures = 0
+        return False
+
+    def _back_off(self, stop: threading.Event, delay: float, watch_port: bool) -> bool:
+        """Wait ``delay`` s (or until stopped); True if the down server's port answered first."""
+        end = time.monotonic() + delay
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if stop.wait(min(left, PORT_POLL) if watch_port else left):
+                return False
+            if watch_port and self._port_answers():
+                return not stop.is_set()
+
+    # ------------------------------------------------------------------ why a stream did not open
     def _rtsp_describe(self) -> Optional[tuple[int, str]]:
         """``(status, reason)`` of a plain RTSP DESCRIBE of the stream (no login), or None."""
         parts = urlsplit(self.uri)
@@ -395,9 +593,8 @@ class NetworkSource:
             return -1, "not RTSP"
         return int(m.group(1)), m.group(2).strip()
 
-    def _rtsp_status_hint(self) -> str:
+    def _rtsp_status_hint(self, answer: Optional[tuple[int, str]]) -> str:
         """Why an RTSP server refused the stream, from its answer to a plain DESCRIBE ("" if unknown)."""
-        answer = self._rtsp_describe()
         if answer is None:
             return ""
         code, text = answer
@@ -414,20 +611,7 @@ class NetworkSource:
             return "the server refused the login, or the stream is unavailable"
         if code >= 400:
             return f"the server answered {code} {text}"
-        return "the server answered but gave no video (not a video stream?)"
-
-    def _server_answers(self) -> bool:
-        """Worth a (slow, noisy) FFmpeg open? The host answers, and an RTSP server has the path."""
-        try:
-            self._check_url()
-        except SourceError as exc:
-            self._last_problem = str(exc)
-            return False
-        answer = self._rtsp_describe()
-        if answer is not None and answer[0] in (404, 0, -1):  # surely no stream there (yet)
-            self._last_problem = self._rtsp_status_hint()
-            return False
-        return True
+        return f"the server answered {code} {text} but the stream gave no video (busy, or not a video stream?)"
 
     def _set_state(self, state: str, message: str = "", level: int = logging.INFO) -> None:
         if state == self._state:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from ..config import PiCameraConfig
+from ..config import PiCameraConfig, check_lores_within_main, parse_size
 from ..errors import ConfigError, SourceError
 from ..frame import Frame
 
@@ -105,18 +105,6 @@ def choose_lores_size(model_size: tuple[int, int], main_size: tuple[int, int]) -
     return (w, h)
 
 
-def _size(value: Any, field: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{field}: expected [width, height], got {value!r}") from exc
-    if w < 2 or h < 2:
-        raise ConfigError(f"{field}: width and height must be at least 2, got {w}x{h}")
-    if w % 2 or h % 2:
-        raise ConfigError(f"{field}: width and height must be even numbers, got {w}x{h}")
-    return (w, h)
-
-
 NUMPY_HINT = (
     "picamera2 cannot be imported ({error}): its simplejpeg from apt is built for numpy 1 and this "
     "environment has numpy {numpy}; in the virtual environment run `pip install --force-reinstall simplejpeg`"
@@ -158,18 +146,15 @@ class PiCameraSource:
     def __init__(self, cfg: PiCameraConfig, lores_size: Optional[tuple[int, int]] = None, *,
                  source_id: Optional[str] = None) -> None:
         self.cfg = cfg
-        self.main_size = _size(cfg.main_size, "picamera.main_size")
+        self.main_size = parse_size(cfg.main_size, "picamera.main_size")
         if cfg.lores_size:
-            self.lores_size: Optional[tuple[int, int]] = _size(cfg.lores_size, "picamera.lores_size")
+            self.lores_size: Optional[tuple[int, int]] = parse_size(cfg.lores_size, "picamera.lores_size")
         elif lores_size is not None:
             self.lores_size = choose_lores_size(lores_size, self.main_size)
         else:
             self.lores_size = None
-        if self.lores_size and (self.lores_size[0] > self.main_size[0] or self.lores_size[1] > self.main_size[1]):
-            raise ConfigError(
-                f"picamera.lores_size: {self.lores_size[0]}x{self.lores_size[1]} may not exceed "
-                f"picamera.main_size {self.main_size[0]}x{self.main_size[1]}"
-            )
+        if self.lores_size:
+            check_lores_within_main(self.lores_size, self.main_size)
         if cfg.rotation not in (0, 180):
             raise ConfigError(f"picamera.rotation: expected 0 or 180, got {cfg.rotation!r}")
         self.name = f"picamera2:{cfg.camera_num}"

@@ -32,6 +32,9 @@ from ..errors import ConfigError, SourceError
 log = logging.getLogger(__name__)
 
 
+DECODERS = ("auto", "edgedet", "op")
+
+
 @dataclass
 class BenchSettings:
     model: str
@@ -41,7 +44,7 @@ class BenchSettings:
     runs: int = 50
     warmup: int = 5
     frames: int = 200  # pipeline frames
-    postprocess: str = "auto"
+    decoder: str = "auto"  # who decodes: auto, edgedet or op (``Detector.from_path``)
     labels: Optional[str] = None
     opencv_threads: Optional[int] = None
     sweep_threads: Optional[int] = None  # N: also measure 1..N threads
@@ -97,10 +100,10 @@ class _opened:
         self.src.close()
 
 
-def _load(path: Path, settings: BenchSettings, threads: int, postprocess: str):
+def _load(path: Path, settings: BenchSettings, threads: int, decoder: str):
     from ..detector import Detector
 
-    return Detector.from_path(path, threads=threads, labels=settings.labels, postprocess=postprocess)
+    return Detector.from_path(path, threads=threads, labels=settings.labels, decoder=decoder)
 
 
 def resolve(model: str) -> Path:
@@ -174,15 +177,15 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
     """All the measures of one ``edgedet bench`` run, as a JSON-ready dict."""
     if settings.runs < 1:
         raise ConfigError("bench --runs: must be at least 1")
-    if settings.postprocess not in ("auto", "ours", "op"):
-        raise ConfigError(f"bench --postprocess: expected auto, ours or op, got {settings.postprocess!r}")
+    if settings.decoder not in DECODERS:
+        raise ConfigError(f"bench --decoder: expected auto, edgedet or op, got {settings.decoder!r}")
     if settings.opencv_threads is not None:
         limit_opencv_threads(settings.opencv_threads)
     threads = int(settings.threads or default_inference_threads())
     path = resolve(settings.model)
     frames, frames_name = sample_frames(settings.source, min(settings.runs, 64))
     progress(f"loading {path.name} ({threads} threads)")
-    main = _load(path, settings, threads, settings.postprocess)
+    main = _load(path, settings, threads, settings.decoder)
     info = main.info
     report: dict = {
         "model": {
@@ -201,7 +204,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
     progress(f"measuring invoke/preprocess/decode over {settings.runs} runs")
     if info.form == "op":
         other_pp = "op" if info.postprocess == "ours" else "ours"
-        other = _load(path, settings, threads, other_pp)
+        other = _load(path, settings, threads, "op" if other_pp == "op" else "edgedet")
         m_main, m_other, diffs = _measure_pair(main, other, frames, settings.runs, settings.warmup)
         by_pp = {info.postprocess: m_main, other_pp: m_other}
         if info.postprocess == "op":  # diffs are other - main: make them (with op) - (stripped)
@@ -235,7 +238,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
         rows = []
         for t in range(1, int(settings.sweep_threads) + 1):
             progress(f"sweep: {t} thread(s)")
-            det = main if t == threads else _load(path, settings, t, settings.postprocess)
+            det = main if t == threads else _load(path, settings, t, settings.decoder)
             m = _measure(det, frames, settings.runs, settings.warmup)
             row = {"threads": t, "invoke_ms": summarize(m["invoke"])}
             if settings.source is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import yaml
 
 from ..errors import ConfigError, SourceError
@@ -161,7 +162,7 @@ def _write_image(image, path: Path, max_side: Optional[int]) -> None:
     ok, data = cv2.imencode(path.suffix, image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise ConfigError(f"cannot encode {path.name}")
-    from ..tflite_file import write_atomic
+    from ..tflite import write_atomic
 
     write_atomic(path, data.tobytes())
 
@@ -205,85 +206,266 @@ def _sample_capture(uri: str, kind: str, num: int, every: Optional[int], timeout
         cap.release()
 
 
-def build_calibration_set(sources: Sequence[str], out_dir, *, num: int = 64, every: Optional[int] = None,
-                          max_side: Optional[int] = 1280, timeout: float = 10.0,
-                          progress: bool = False) -> CalibrationSet:
-    """Sample ``num`` images (split evenly over ``sources``) into ``out_dir`` and write the manifest.
+BALANCES = ("kind", "source")
 
-    Videos are sampled evenly over their length (or every ``every``-th frame); cameras and
-    streams every ``every``-th frame (default: one per second); image folders evenly. An
-    existing manifest in ``out_dir`` is extended, so a set can be built from several runs.
-    """
+
+@dataclass
+class _Source:
+    uri: str
+    kind: str  # video | camera | stream | images | image
+    available: Optional[int]  # images or frames it can give (None: unbounded, a live source)
+    quota: int = 0
+
+    @property
+    def still(self) -> bool:
+        return self.kind in ("images", "image")
+
+
+def _available(uri: str, kind: str) -> Optional[int]:
+    if kind == "images":
+        return len(list_images(uri))
+    if kind == "image":
+        return 1
+    if kind != "video":
+        return None
     import cv2
 
+    cap = cv2.VideoCapture(uri)
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return count or None
+
+
+def fair_shares(total: int, caps: Sequence[Optional[int]]) -> list[int]:
+    """``total`` split as evenly as possible over len(caps) takers, none above its cap (None: no cap);
+    what a capped taker cannot take goes to the others."""
+    shares = [0] * len(caps)
+    open_ = [i for i, c in enumerate(caps) if c is None or c > 0]
+    left = total
+    while left > 0 and open_:
+        each, extra = divmod(left, len(open_))
+        given = 0
+        for rank, i in enumerate(open_):
+            want = each + (1 if rank < extra else 0)
+            room = want if caps[i] is None else min(want, caps[i] - shares[i])
+            shares[i] += room
+            given += room
+        left -= given
+        open_ = [i for i in open_ if caps[i] is None or shares[i] < caps[i]]
+        if given == 0:
+            break
+    return shares
+
+
+def plan_quotas(sources: Sequence[_Source], num: int, balance: str) -> None:
+    """Set each source's quota. ``source``: an equal share of ``num`` each (a source with fewer images
+    gives fewer). ``kind``: still images (all photo sources together) and moving sources (videos,
+    cameras, streams together) get half each, split evenly within a kind; whatever a source or kind
+    cannot give goes to the others."""
+    if balance == "source":
+        for i, src in enumerate(sources):
+            share = num // len(sources) + (1 if i < num % len(sources) else 0)
+            src.quota = share if src.available is None else min(share, src.available)
+        return
+    kinds = [[s for s in sources if s.still], [s for s in sources if not s.still]]
+    caps = [None if any(s.available is None for s in k) else sum(s.available for s in k) for k in kinds]
+    caps = [c if k else 0 for c, k in zip(caps, kinds)]
+    for members, share in zip(kinds, fair_shares(num, caps)):
+        for src, quota in zip(members, fair_shares(share, [s.available for s in members])):
+            src.quota = quota
+
+
+def build_calibration_set(sources: Sequence[str], out_dir, *, num: int = 64, every: Optional[int] = None,
+                          max_side: Optional[int] = 1280, timeout: float = 10.0, progress: bool = False,
+                          balance: str = "source", augment: float = 0.0, seed: int = 0,
+                          exclude: Sequence[str] = ()) -> CalibrationSet:
+    """Sample ``num`` images from ``sources`` into ``out_dir`` and write the manifest.
+
+    ``balance`` splits ``num`` over the sources (``plan_quotas``). Videos are sampled evenly over
+    their length (or every ``every``-th frame); cameras and streams every ``every``-th frame
+    (default: one per second); image folders evenly. ``augment`` is the fraction of ``num`` made of
+    crops and horizontal flips of the sampled images (chosen with ``seed``: the same call gives the
+    same set). Sources holding an image of an evaluation set (``exclude``: COCO annotation files or
+    image folders; folders beside an ``annotations/`` folder count as evaluation sets too) are
+    refused. An existing manifest in ``out_dir`` is extended, so a set can be built from several runs.
+    """
     if not sources:
         raise ConfigError("give at least one calibration --source")
     if num < 1:
         raise ConfigError("--num must be at least 1")
     if every is not None and every < 1:
         raise ConfigError("--every must be at least 1")
+    if balance not in BALANCES:
+        raise ConfigError(f"--balance must be one of {', '.join(BALANCES)}")
+    if not 0 <= augment < 1:
+        raise ConfigError("--augment must be in [0, 1)")
+    plan = [_Source(str(u), _source_kind(str(u)), None) for u in sources]
+    check_not_eval([s.uri for s in plan if s.still], exclude)
+    for src in plan:
+        src.available = _available(src.uri, src.kind)
+    n_aug = round(num * augment)
+    plan_quotas(plan, num - n_aug, balance)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST
+    manifest = _read_manifest(out_dir / MANIFEST)
+    existing = {e.get("file") for e in manifest["images"] if isinstance(e, dict)}
+    taken: list[tuple[dict, object]] = []  # (manifest entry, image) of this run
+    for src in plan:
+        if src.quota == 0:
+            continue
+        record: dict = {"uri": src.uri, "kind": src.kind}
+        if src.still:
+            got = _take_stills(src, existing)
+        else:
+            got = _take_frames(src, every, timeout, existing, record)
+        if not got:
+            raise SourceError(f"no frames could be read from calibration source {src.uri}")
+        record["taken"] = len(got)
+        manifest["sources"].append(record)
+        taken.extend(got)
+    augmented = augment_images(taken, n_aug, seed, existing)
+    for entry, image in taken + augmented:
+        _write_image(image, out_dir / entry["file"], max_side)
+        manifest["images"].append({**entry, "sha256": sha256_file(out_dir / entry["file"])})
+    if augmented:
+        manifest["sources"].append({"uri": "augment", "kind": "augment", "seed": int(seed), "taken": len(augmented)})
+    manifest["balance"] = balance
+    manifest["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    from ..tflite import write_atomic
+
+    write_atomic(out_dir / MANIFEST, yaml.safe_dump(manifest, sort_keys=False).encode())
+    return load_calibration_set(out_dir)
+
+
+def _read_manifest(path: Path) -> dict:
     manifest = {"version": 1, "sources": [], "images": []}
-    if manifest_path.is_file():
-        old = yaml.safe_load(manifest_path.read_text()) or {}
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
         if isinstance(old, dict):
             manifest["sources"] = list(old.get("sources") or [])
             manifest["images"] = list(old.get("images") or [])
-    existing = {e.get("file") for e in manifest["images"] if isinstance(e, dict)}
-    per_source = [num // len(sources) + (1 if i < num % len(sources) else 0) for i in range(len(sources))]
-    for uri, n in zip(sources, per_source):
-        if n == 0:
-            continue
-        uri = str(uri)
-        kind = _source_kind(uri)
-        stem = _safe_stem(uri)
-        added = 0
-        record: dict = {"uri": uri, "kind": kind}
-        if kind in ("images", "image"):
-            files = list_images(uri) if kind == "images" else [Path(uri)]
-            if not files:
-                raise SourceError(f"no images in calibration source {uri}")
-            step = max(1, len(files) / n) if every is None else every
-            picks = [files[int(i * step)] for i in range(min(n, len(files))) if int(i * step) < len(files)]
-            for src in picks:
-                image = cv2.imread(str(src), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise SourceError(f"cannot read image {src}")
-                name = _unique(f"{stem}_{src.stem}.jpg" if kind == "images" else f"{src.stem}.jpg", existing)
-                _write_image(image, out_dir / name, max_side)
-                manifest["images"].append({"file": name, "sha256": sha256_file(out_dir / name),
-                                           "source": str(src)})
-                added += 1
-        else:
-            frames = _sample_capture(uri, kind, n, every, timeout)
-            info = next(frames)
-            taken = list(frames)
-            if kind == "video" and every is None and len(taken) < n and taken:
-                # the container over-reported its length: sample again over the frames it has
-                seen = taken[-1][0] + info["every"]
-                info["every"] = max(1, seen // n)
-                frames = _sample_capture(uri, kind, n, info["every"], timeout)
-                next(frames)
-                taken = list(frames)
-            info["frames"] = info["frames"] if len(taken) >= n else None
-            record.update({k: v for k, v in info.items() if v is not None})
-            for index, image in taken:
-                name = _unique(f"{stem}_{index:06d}.jpg", existing)
-                _write_image(image, out_dir / name, max_side)
-                manifest["images"].append({"file": name, "sha256": sha256_file(out_dir / name),
-                                           "source": uri, "frame": int(index)})
-                added += 1
-        if added == 0:
-            raise SourceError(f"no frames could be read from calibration source {uri}")
-        record["taken"] = added
-        manifest["sources"].append(record)
-    manifest["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    from ..tflite_file import write_atomic
+    return manifest
 
-    write_atomic(manifest_path, yaml.safe_dump(manifest, sort_keys=False).encode())
-    return load_calibration_set(out_dir)
+
+def _take_stills(src: _Source, existing: set) -> list[tuple[dict, object]]:
+    import cv2
+
+    files = list_images(src.uri) if src.kind == "images" else [Path(src.uri)]
+    if not files:
+        raise SourceError(f"no images in calibration source {src.uri}")
+    stem = _safe_stem(src.uri)
+    step = len(files) / src.quota
+    picks = sorted({int(i * step) for i in range(min(src.quota, len(files)))})
+    got = []
+    for i in picks:
+        image = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SourceError(f"cannot read image {files[i]}")
+        name = _unique(f"{stem}_{files[i].stem}.jpg" if src.kind == "images" else f"{files[i].stem}.jpg", existing)
+        got.append(({"file": name, "source": str(files[i])}, image))
+    return got
+
+
+def _take_frames(src: _Source, every: Optional[int], timeout: float, existing: set,
+                 record: dict) -> list[tuple[dict, object]]:
+    n = src.quota
+    frames = _sample_capture(src.uri, src.kind, n, every, timeout)
+    info = next(frames)
+    taken = list(frames)
+    if src.kind == "video" and every is None and len(taken) < n and taken:
+        # the container over-reported its length: sample again over the frames it has
+        seen = taken[-1][0] + info["every"]
+        info["every"] = max(1, seen // n)
+        frames = _sample_capture(src.uri, src.kind, n, info["every"], timeout)
+        next(frames)
+        taken = list(frames)
+    info["frames"] = info["frames"] if len(taken) >= n else None
+    record.update({k: v for k, v in info.items() if v is not None})
+    stem = _safe_stem(src.uri)
+    return [({"file": _unique(f"{stem}_{index:06d}.jpg", existing), "source": src.uri, "frame": int(index)}, image)
+            for index, image in taken]
+
+
+AUGMENTS = ("crop", "flip", "crop+flip")
+
+
+def augment_images(taken: Sequence[tuple[dict, object]], count: int, seed: int,
+                   existing: set) -> list[tuple[dict, object]]:
+    """``count`` crops / horizontal flips of images in ``taken``, reproducible from ``seed``.
+
+    Originals are drawn in turn from each source (so every source gets its share of variants),
+    without repeats while there are enough; a crop keeps 40-85 % of each side at a random place.
+    """
+    if count <= 0 or not taken:
+        return []
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, list[int]] = {}
+    for i, (entry, _) in enumerate(taken):
+        by_source.setdefault(str(entry["source"]) if "frame" in entry else "stills", []).append(i)
+    queues = [list(rng.permutation(ix)) for ix in by_source.values()]
+    order: list[int] = []
+    k = 0
+    while len(order) < count:  # round robin over the sources, each cycling through its images
+        order.extend(int(q[k % len(q)]) for q in queues)
+        k += 1
+    out = []
+    for n, i in enumerate(order[:count]):
+        entry, image = taken[int(i)]
+        kind = AUGMENTS[n % len(AUGMENTS)]
+        h, w = image.shape[:2]
+        record: dict = {"augment": kind, "of": entry["file"]}
+        if "crop" in kind:
+            fw, fh = rng.uniform(0.4, 0.85, size=2)
+            cw, ch = max(8, int(w * fw)), max(8, int(h * fh))
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            image = image[y0:y0 + ch, x0:x0 + cw]
+            record["crop"] = [x0, y0, x0 + cw, y0 + ch]
+        if "flip" in kind:
+            image = image[:, ::-1]
+        base, _ = os.path.splitext(entry["file"])
+        name = _unique(f"{base}_{kind.replace('+', '_')}.jpg", existing)
+        out.append(({"file": name, "source": entry["source"], **record}, np.ascontiguousarray(image)))
+    return out
+
+
+def eval_file_names(path) -> set[str]:
+    """File names of an evaluation set: a COCO annotation JSON or a folder of images."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        return {p.name for p in list_images(path)}
+    if not path.is_file():
+        raise ConfigError(f"--exclude: not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--exclude: not a COCO annotation file: {path}") from exc
+    return {Path(str(im.get("file_name", ""))).name for im in data.get("images") or [] if isinstance(im, dict)}
+
+
+def check_not_eval(still_sources: Sequence[str], exclude: Sequence[str] = ()) -> None:
+    """One-line ``ConfigError`` when a still-image source holds images of an evaluation set: one
+    of ``exclude``, or the source itself looks annotated (an ``annotations/`` folder with JSON beside
+    it or inside it)."""
+    forbidden: dict[str, str] = {}
+    for ex in exclude:
+        for name in eval_file_names(ex):
+            forbidden.setdefault(name, str(ex))
+    for uri in still_sources:
+        path = Path(uri)
+        folder = path if path.is_dir() else path.parent
+        for ann in (folder.parent / "annotations", folder / "annotations"):
+            if ann.is_dir() and any(ann.glob("*.json")):
+                raise ConfigError(f"calibration source {uri} looks like an evaluation set ({ann} beside it): "
+                                  "never calibrate on the images you evaluate on")
+        names = {p.name for p in list_images(path)} if path.is_dir() else {path.name}
+        clash = sorted(names & set(forbidden))
+        if clash:
+            raise ConfigError(f"calibration source {uri} holds {len(clash)} images of the evaluation set "
+                              f"{forbidden[clash[0]]} (e.g. {clash[0]}): never calibrate on them")
 
 
 def _unique(name: str, existing: set) -> str:

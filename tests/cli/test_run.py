@@ -206,3 +206,26 @@ def test_single_image_and_directory(tmp_path, cli, grace_hopper):
     r = cli("--source", grace_hopper.parent, "--headless", "--events", ev)
     assert r.exit_code == 0, r.output
     assert len(_jsonl(ev)) >= 5
+
+
+def test_configuration_errors_exit_2_before_the_model_is_resolved(tmp_path, cli, pedestrians_video):
+    # the model is no registry name and no file: anything checked after resolving it would exit 4 or 5
+    run = ("--source", pedestrians_video, "--headless", "--model", "no_such_model")
+    for args, key in ((["--iou", 0], "model.iou_threshold: must be > 0"),
+                      (["--http", "not a host"], "http.listen: expected [HOST]:PORT"),
+                      (["--rtsp-out", "http://x/y"], "rtsp_out.url: expected rtsp://"),
+                      (["--mqtt", "bad host:xx"], "mqtt.host: expected HOST[:PORT]")):
+        assert key in _one_line_error(cli(*run, *args), 2)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {threads: 0}\n")  # wrong in the file, even though the command line gives it too
+    assert "model.threads: must be >= 1" in _one_line_error(cli("--config", bad, "--threads", 2, *run), 2)
+
+
+def test_the_old_postprocess_flag_still_works(tmp_path, cli, pedestrians_video):
+    ev = tmp_path / "e.jsonl"
+    r = cli("--source", pedestrians_video, "--headless", "--max-frames", 3, "--events", ev, "--postprocess", "ours")
+    assert r.exit_code == 0, r.output
+    assert "model.postprocess (--postprocess) is now model.decoder (--decoder)" in r.output
+    assert [e["frame"] for e in _jsonl(ev)] == [0, 1, 2]
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output
+    assert "--decoder [auto|edgedet|op]" in help_text and "--postprocess" not in help_text

@@ -9,8 +9,10 @@ import shutil
 
 import pytest
 from nethelpers import (
+    GstCamera,
     Publisher,
     RtspServer,
+    gst_rtsp_available,
     make_broker,
     make_results,
     need,
@@ -44,6 +46,17 @@ def publisher(rtsp_server, pedestrians_video, tmp_path):
         yield pub
     finally:
         pub.stop()
+
+
+@pytest.fixture
+def gst_camera(pedestrians_video, tmp_path):
+    """A camera-like GStreamer RTSP server (shared media) streaming the pedestrian video at ``.url``."""
+    need(gst_rtsp_available(), "GstRtspServer for the system Python (run tools/setup-dev as root)")
+    cam = GstCamera(pedestrians_video, tmp_path / "gst_rtsp_server.log").start()
+    try:
+        yield cam
+    finally:
+        cam.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@
   UDP only. ``tools/setup-network-tests`` installs it into ``~/.cache/edgedet-tests`` (or
   ``$EDGEDET_TEST_NODE_PREFIX``); ``$EDGEDET_TEST_NODE_MODULES`` may point at another node_modules.
 - ``Publisher``: an ``ffmpeg -re -stream_loop -1`` publisher of a real video (stop/start at will).
+- ``GstCamera``: a camera-like GStreamer RTSP server with shared media (``gst_rtsp_server.py``, run
+  by the system Python, which has ``python3-gi``); kill it, freeze it, start it again on its port.
 - ``mosquitto``: a Mosquitto broker (``/usr/sbin/mosquitto``) with optional password file.
 - ``chromium_screenshot``: a real headless Chromium loads a page and saves a PNG.
 - ``make_results``: real detections of the SSD MobileNet v1 model on real video frames.
@@ -15,10 +17,13 @@ A missing tool skips its tests, except under ``EDGEDET_REQUIRE_ASSETS=1`` (CI), 
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +185,155 @@ class Publisher:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ GStreamer RTSP camera
+
+SYSTEM_PYTHON = os.environ.get("EDGEDET_TEST_GST_PYTHON", "/usr/bin/python3")
+_GST_OK: dict = {}
+
+
+def gst_rtsp_available() -> bool:
+    """The system Python imports GstRtspServer (Debian: gir1.2-gst-rtsp-server-1.0, python3-gi)."""
+    if "ok" not in _GST_OK:
+        code = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+                "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+                "assert all(Gst.ElementFactory.find(e) for e in ('x264enc', 'intervideosrc', 'decodebin'))")
+        try:
+            _GST_OK["ok"] = subprocess.run([SYSTEM_PYTHON, "-c", code], capture_output=True,
+                                           timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _GST_OK["ok"] = False
+    return _GST_OK["ok"]
+
+
+class GstCamera:
+    """``gst_rtsp_server.py`` serving a real video at ``url``: ``start`` (again on the same port after
+    ``kill``), ``kill`` (SIGKILL: the camera drops off), ``freeze``/``thaw`` (SIGSTOP/SIGCONT: it
+    keeps its connections but sends nothing, and accepts TCP without answering)."""
+
+    def __init__(self, video: Path, log_path: Path, path: str = "/cam") -> None:
+        self.video, self.log_path, self.path = video, log_path, path
+        self.port = 0
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{HOST}:{self.port}{self.path}"
+
+    def start(self, timeout: float = 20.0) -> GstCamera:
+        self._log = open(self.log_path, "ab")
+        cmd = [SYSTEM_PYTHON, str(HERE / "gst_rtsp_server.py"), "--video", str(self.video),
+               "--port", str(self.port), "--path", self.path]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline and not line.endswith(b"\n"):
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 64)
+                if not chunk:
+                    break
+                line += chunk
+        if not line.startswith(b"PORT "):
+            self.stop()
+            raise RuntimeError(f"the GStreamer RTSP server did not start (see {self.log_path})")
+        self.port = int(line.split()[1])
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._close()
+
+    def freeze(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+        stop_process(self.proc)
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> GstCamera:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RefusingRtspServer:
+    """An RTSP server on 127.0.0.1 that answers OPTIONS, then every other request with ``status`` (e.g.
+    ``503 Service Unavailable``: a busy camera; ``403 Forbidden``: a server refusing a published stream).
+    ``connections`` holds the time of each client connection. Use as a context manager."""
+
+    def __init__(self, status: str = "503 Service Unavailable") -> None:
+        self.status = status
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "cam") -> str:
+        return f"rtsp://{HOST}:{self.port}/{path}"
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections.append(time.monotonic())
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(2)
+        pending = b""
+        try:
+            while not self._stop.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    return
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    head, _, pending = pending.partition(b"\r\n\r\n")
+                    lines = head.decode("latin-1").split("\r\n")
+                    cseq = next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("cseq:")), "1")
+                    length = next((int(ln.split(":", 1)[1]) for ln in lines
+                                   if ln.lower().startswith("content-length:")), 0)
+                    pending = pending[length:]  # an ANNOUNCE carries its SDP
+                    if lines[0].startswith("OPTIONS "):
+                        answer = "200 OK\r\nPublic: OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, RECORD, TEARDOWN"
+                    else:
+                        answer = self.status
+                    conn.sendall(f"RTSP/1.0 {answer}\r\nCSeq: {cseq}\r\n\r\n".encode())
+        except OSError:
+            pass
+
+    def __enter__(self) -> RefusingRtspServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
 
 
 # ------------------------------------------------------------------ mosquitto

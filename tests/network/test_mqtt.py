@@ -11,7 +11,7 @@ import pytest
 from nethelpers import HOST, free_port, make_broker
 
 from edgedet.config import MqttConfig
-from edgedet.errors import SinkError
+from edgedet.errors import ConfigError, SinkError
 from edgedet.sinks.base import SinkContext
 from edgedet.sinks.mqtt import MqttSink
 
@@ -203,5 +203,5 @@ def test_broker_late_at_start_is_retried(tmp_path, pedestrian_results, caplog):
 
 
 def test_bad_broker_spec():
-    with pytest.raises(SinkError, match="HOST"):
+    with pytest.raises(ConfigError, match="mqtt.host: expected HOST"):  # a configuration error: exit 2
         MqttSink(MqttConfig(host="bad host:xx"))

@@ -1,7 +1,10 @@
-"""A tiny stand-in detector with the ``Detector`` API, for tests of the pipeline machinery.
+"""A tiny stand-in detector implementing the pipeline's ``Detector`` protocol, for tests of the
+pipeline machinery.
 
-It "detects" one box in the middle of every frame (class 0, score 0.9) and can be made slow
-(``infer_s``) or failing (``fail_at``). Real-model tests use ``edgedet.detector.Detector``.
+It prepares frames for real (a 32x32 input, so boxes map back through ``Prepared`` like a model's)
+and "detects" one box in the middle of every frame (class 0, score 0.9); it can be made slow
+(``infer_s``) or failing (``fail_at``), and replicated. Real-model tests use
+``edgedet.detector.Detector``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgedet.detections import Detections
+from edgedet.preprocess import InputSpec, Prepared, Preprocessor
+
+MIDDLE = np.array([[0.25, 0.25, 0.75, 0.75]], np.float32)  # (ymin, xmin, ymax, xmax) of the model input
 
 
 @dataclass
-class _Prepared:
-    width: int
-    height: int
+class StandinInfo:
+    name: str = "standin"
+    threads: int = 1
 
 
 @dataclass
@@ -28,20 +34,24 @@ class _Raw:
 
 class StandinDetector:
     labels = ["person", "car"]
-    input_size = (300, 300)
+    input_size = (32, 32)
 
-    def __init__(self, infer_s: float = 0.0, fail_at: int | None = None) -> None:
+    def __init__(self, infer_s: float = 0.0, fail_at: int | None = None, threads: int = 1) -> None:
         self.infer_s = infer_s
         self.fail_at = fail_at
+        self.info = StandinInfo(threads=threads)
         self.calls = 0
         self.formats: list[str] = []
+        self.replicas: list[StandinDetector] = []
+        self.preprocessor = Preprocessor(InputSpec(*self.input_size, np.dtype(np.uint8)))
 
-    def prepare(self, image, fmt="BGR"):
+    @property
+    def threads(self) -> int:
+        return self.info.threads
+
+    def prepare(self, image, fmt="BGR", frame_size=None) -> Prepared:
         self.formats.append(fmt)
-        h, w = image.shape[:2]
-        if fmt == "YUV420":
-            h = h * 2 // 3
-        return _Prepared(w, h)
+        return self.preprocessor.prepare(image, fmt, frame_size)
 
     def infer(self, prepared):
         t0 = time.perf_counter()
@@ -52,10 +62,13 @@ class StandinDetector:
             time.sleep(self.infer_s)
         return _Raw(self.calls, (time.perf_counter() - t0) * 1000.0)
 
-    def decode(self, raw, prepared):
-        w, h = prepared.width, prepared.height
-        return Detections(np.array([[w * 0.25, h * 0.25, w * 0.75, h * 0.75]], np.float32),
-                          np.array([0.9], np.float32), np.array([0], np.int32))
+    def decode(self, raw, prepared: Prepared) -> Detections:
+        return Detections(prepared.to_frame(MIDDLE), np.array([0.9], np.float32), np.array([0], np.int32))
+
+    def replica(self, threads: int) -> StandinDetector:
+        twin = type(self)(infer_s=self.infer_s, fail_at=self.fail_at, threads=threads)
+        self.replicas.append(twin)
+        return twin
 
     def detect(self, image):
         p = self.prepare(image)

@@ -205,8 +205,7 @@ def test_opencv_runs_single_threaded_only_while_the_interpreter_fills_every_core
             self.results.append(cv2.getNumThreads())
 
     for threads, expected in ((2, 1), (1, before)):
-        det = StandinDetector()
-        det.info = type("Info", (), {"threads": threads})()
+        det = StandinDetector(threads=threads)
         sink = Seen()
         src = SyntheticSource(n=2)
         src.decoder_threads = None
@@ -219,19 +218,16 @@ def test_opencv_runs_single_threaded_only_while_the_interpreter_fills_every_core
 
 
 class ReplicableStandin(StandinDetector):
-    """A stand-in that can be replicated; each worker sleeps a different time per frame, so frames
-    finish out of order."""
+    """A stand-in whose workers each sleep a different time per frame, so frames finish out of order."""
 
     pause_s = 0.004
 
-    def __init__(self, threads=4, infer_s=0.0, seed=0):
-        super().__init__(infer_s=infer_s)
-        self.info = type("Info", (), {"threads": threads})()
-        self.replicas = []
+    def __init__(self, threads=4, infer_s=0.0, fail_at=None, seed=0):
+        super().__init__(infer_s=infer_s, fail_at=fail_at, threads=threads)
         self.rng = np.random.default_rng(seed)
 
     def replica(self, threads):
-        twin = type(self)(threads, seed=len(self.replicas) + 1)
+        twin = type(self)(threads, infer_s=self.infer_s, fail_at=self.fail_at, seed=len(self.replicas) + 1)
         self.replicas.append(twin)
         return twin
 
@@ -252,8 +248,19 @@ def test_workers_infer_frames_side_by_side_and_results_come_out_in_order(tmp_pat
     assert [json.loads(line)["frame"] for line in events.read_text().splitlines()] == list(range(200))
     assert snap["frames"] == {"captured": 200, "processed": 200, "output": 200}
     assert len(det.replicas) == 4 and all(r.calls > 0 for r in det.replicas)
-    assert det.calls == 0  # the replicas do the inference
+    assert det.calls == 0  # a 4-thread detector is no worker of 1 thread: the replicas do the inference
     assert sum(r.calls for r in det.replicas) == 200
+
+
+def test_a_detector_with_the_threads_of_a_worker_is_worker_zero():
+    det = ReplicableStandin(threads=1)
+    sink = Collect()
+    with Pipeline(SyntheticSource(n=120, live=False), det, [sink], drop=False, threads=3) as p:
+        assert (p.workers, p.threads_per_worker) == (3, 1)
+        p.run()
+    assert len(det.replicas) == 2 and [r.threads for r in det.replicas] == [1, 1]
+    assert det.calls > 0 and det.calls + sum(r.calls for r in det.replicas) == 120
+    assert [r.frame.index for r in sink.results] == list(range(120))
 
 
 class TensorStandin(ReplicableStandin):
@@ -262,12 +269,12 @@ class TensorStandin(ReplicableStandin):
 
     pause_s = 0.006
 
-    def __init__(self, threads=4, infer_s=0.0, seed=0):
-        super().__init__(threads, infer_s, seed)
+    def __init__(self, threads=4, **kw):
+        super().__init__(threads, **kw)
         self._input = np.empty((8, 8, 3), np.uint8)  # reused array, as the real detector does
 
-    def prepare(self, image, fmt="BGR"):
-        prepared = super().prepare(image, fmt)
+    def prepare(self, image, fmt="BGR", frame_size=None):
+        prepared = super().prepare(image, fmt, frame_size)
         self._input[...] = image[0, 0, 0]
         prepared.tensor = self._input
         return prepared
@@ -315,14 +322,16 @@ def test_workers_setting_and_live_sources_keep_one_interpreter():
     with Pipeline(SyntheticSource(n=5, live=False), det, [], drop=False, workers=2) as p:
         assert (p.workers, p.threads_per_worker) == (2, 2)
         p.run()
-    assert [r_.info.threads for r_ in det.replicas] == [2, 2]
+    assert [r_.threads for r_ in det.replicas] == [2, 2]
     det = ReplicableStandin(threads=4)
     with Pipeline(SyntheticSource(n=5), det, [], drop=True, workers=3) as p:
         assert (p.workers, p.threads_per_worker) == (1, 4)  # newest frame only: latency first
         p.run()
     assert det.replicas == [] and det.calls > 0
-    with Pipeline(SyntheticSource(n=5, live=False), StandinDetector(), [], drop=False, workers=3) as p:
-        assert p.workers == 1  # a detector that cannot be replicated
+    det = StandinDetector(threads=1)
+    with Pipeline(SyntheticSource(n=5, live=False), det, [], drop=False, workers=3) as p:
+        assert (p.workers, p.threads_per_worker) == (3, 1)
+    assert len(det.replicas) == 2  # the detector itself is the first of the three
 
 
 def test_workers_stop_cleanly_on_max_frames_and_on_errors(pedestrians_video):

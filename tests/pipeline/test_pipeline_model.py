@@ -100,3 +100,41 @@ def test_lores_stream_is_detected_and_boxes_mapped_to_main(detector, pedestrians
     on_lores = detector.detect(r.frame.lores)
     assert len(r.detections) == len(on_lores) > 0
     np.testing.assert_allclose(r.detections.xyxy, on_lores.xyxy * 2, atol=0.05)
+
+
+def test_a_run_with_two_workers_builds_the_model_once_and_infers_with_it(monkeypatch, v1_model, pedestrians_video,
+                                                                          tmp_path):
+    import io
+    import json
+
+    from edgedet.config import config_from_dict
+    from edgedet.pipeline import run_from_config
+
+    built, replicas, inferring = [], [], set()
+    from_path, replica, infer = Detector.from_path.__func__, Detector.replica, Detector.infer
+
+    def counted_from_path(cls, *args, **kwargs):
+        built.append(kwargs.get("threads"))
+        return from_path(cls, *args, **kwargs)
+
+    def counted_replica(self, threads):
+        twin = replica(self, threads)
+        replicas.append(twin)
+        return twin
+
+    def counted_infer(self, prepared):
+        inferring.add(id(self))
+        return infer(self, prepared)
+
+    monkeypatch.setattr(Detector, "from_path", classmethod(counted_from_path))
+    monkeypatch.setattr(Detector, "replica", counted_replica)
+    monkeypatch.setattr(Detector, "infer", counted_infer)
+    events = tmp_path / "e.jsonl"
+    cfg = config_from_dict({"model": {"path": str(v1_model), "threads": 2, "workers": 2},
+                            "source": {"uri": str(pedestrians_video), "max_frames": 30},
+                            "output": {"headless": True, "events": str(events)}})
+    snap = run_from_config(cfg, stats_stream=io.StringIO())
+    assert snap["frames"]["output"] == 30
+    assert built == [1] and len(replicas) == 1 and replicas[0].threads == 1  # one model, 2 workers x 1 thread
+    assert len(inferring) == 2 and id(replicas[0]) in inferring  # the first detector is worker 0
+    assert [json.loads(line)["frame"] for line in events.read_text().splitlines()] == list(range(30))

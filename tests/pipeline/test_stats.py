@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import time
+
+import pytest
 
 from edgedet.slot import LatestSlot
 from edgedet.stats import PipelineStats, Series, format_text, write_json
@@ -50,3 +53,52 @@ def test_snapshot_survives_a_failing_source_counter():
 
     st.attach([], source_stats=broken)
     assert st.snapshot()["source"] == {"error": "gone"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_frames(st: PipelineStats, clock: FakeClock, fps: float, seconds: float) -> None:
+    for _ in range(int(fps * seconds)):
+        clock.now += 1.0 / fps
+        st.captured += 1
+        st.processed += 1
+        st.output += 1
+
+
+def test_recent_rate_recovers_after_a_stall_while_the_average_does_not():
+    clock = FakeClock()
+    st = PipelineStats(clock=clock)
+    st.start()
+    run_frames(st, clock, 10.0, 20.0)
+    snap = st.snapshot()
+    assert snap["fps_recent"]["in"] == pytest.approx(10.0, abs=0.3) and snap["rate_window_s"] == 5.0
+    clock.now += 9.0  # the camera is gone for 9 s
+    snap = st.snapshot()
+    assert snap["fps_recent"] == {"in": 0.0, "processed": 0.0, "out": 0.0}
+    run_frames(st, clock, 10.0, 2.0)  # back, 2 s in: the window still holds 3 s of the outage
+    assert 3.0 <= st.snapshot()["fps_recent"]["processed"] <= 5.0
+    run_frames(st, clock, 10.0, 60.0)  # a minute later
+    snap = st.snapshot()
+    assert snap["fps_recent"]["processed"] == pytest.approx(10.0, abs=0.3)
+    assert snap["fps"]["processed"] == pytest.approx(820 / 91, abs=0.1)  # the average keeps the outage
+    text = format_text(snap)
+    assert "processed 10.0 | out 10.0 (last 5s), average 9.0/9.0/9.0" in text
+
+
+def test_recent_rate_of_a_real_run_in_real_time():
+    st = PipelineStats(rate_window=1.0)
+    st.start()
+    t_end = time.monotonic() + 1.5
+    while time.monotonic() < t_end:
+        st.captured += 1
+        time.sleep(0.02)
+    assert 35 <= st.snapshot()["fps_recent"]["in"] <= 55
+    time.sleep(1.2)
+    snap = st.snapshot()
+    assert snap["fps_recent"]["in"] == 0.0 and snap["fps"]["in"] > 10

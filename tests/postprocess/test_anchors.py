@@ -15,12 +15,11 @@ from edgedet.postprocess.anchors import (
     to_yxhw,
     torchvision_anchors,
 )
-from edgedet.tflite_file import read_model
-from edgedet.tools.strip import strip_in_memory
+from edgedet.tflite import read_model, strip_detection_op
 
 
 def _op_anchors(path):
-    return strip_in_memory(read_model(path)).anchors
+    return strip_detection_op(read_model(path)).anchors
 
 
 def test_tf_od_grid_reproduces_ssd_mobilenet_v1_anchors(v1_model):

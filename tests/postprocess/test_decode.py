@@ -144,13 +144,12 @@ def test_regular_nms_reproduces_the_op_in_regular_mode(v1_model, coco_tiny, tmp_
     thread: its multi-threaded regular NMS merges per-thread results differently."""
     from flatbuffers import flexbuffers
 
-    from edgedet.model import find_postprocess_op, read_op_options
-    from edgedet.tflite_file import read_model, write_model
+    from edgedet.tflite import find_detection_op, read_detection_op_options, read_model, write_model
 
     model = read_model(v1_model)
-    si, oi = find_postprocess_op(model)
+    si, oi = find_detection_op(model)
     op_t = model.subgraphs[si].operators[oi]
-    options = read_op_options(op_t)
+    options = read_detection_op_options(op_t)
     options.update(use_regular_nms=True, detections_per_class=100)
     op_t.customOptions = np.frombuffer(flexbuffers.Dumps(options), np.uint8)
     path = tmp_path / "v1_regular.tflite"

@@ -171,7 +171,40 @@ def test_build_sinks_headless_and_no_display_notice(monkeypatch, tmp_path, caplo
     assert not caplog.records
 
 
-def test_build_sinks_live_source_records_in_real_time(tmp_path):
-    cfg = config_from_dict({"source": {"camera": "0"}, "output": {"headless": True, "record": str(tmp_path / "a.avi")}})
-    (rec,) = build_sinks(cfg, SinkContext())
-    assert rec.timed
+def test_build_sinks_live_source_records_in_real_time(tmp_path, pedestrians_video):
+    from edgedet.sources import resolve_source
+
+    out = {"headless": True, "record": str(tmp_path / "a.avi")}
+    for source, live in (({"camera": "0"}, True), ({"uri": str(pedestrians_video)}, False),
+                         ({"uri": str(pedestrians_video), "realtime": True}, True)):
+        cfg = config_from_dict({"source": source, "output": out})
+        (rec,) = build_sinks(cfg, SinkContext(live=resolve_source(cfg).live))
+        assert rec.timed is live, source
+
+
+def test_a_new_sink_is_one_table_entry(monkeypatch, tmp_path):
+    from edgedet import sinks
+    from edgedet.sinks.base import BaseSink
+
+    class Counter(BaseSink):
+        pass
+
+    entry = sinks.SinkEntry("counter", lambda cfg: cfg.output.stats > 0, lambda cfg, ctx: Counter())
+    monkeypatch.setattr(sinks, "SINKS", sinks.SINKS + (entry,))
+    cfg = config_from_dict({"output": {"headless": True, "events": str(tmp_path / "e.jsonl"), "stats": 5}})
+    assert [type(s).__name__ for s in build_sinks(cfg, SinkContext())] == ["EventsSink", "Counter"]
+    cfg = config_from_dict({"output": {"headless": True}})
+    assert build_sinks(cfg, SinkContext()) == []
+
+
+def test_sinks_of_one_run_share_metrics_through_the_context_only():
+    a, b = SinkContext(), SinkContext()
+
+    def provider():
+        return {"edgedet_x": ("gauge", "x", 1.0)}
+
+    a.metrics.add(provider)
+    assert a.metrics() == [provider] and b.metrics() == []
+    a.metrics.remove(provider)
+    a.metrics.remove(provider)  # twice: no error
+    assert a.metrics() == []

@@ -70,3 +70,74 @@ def test_cli_build(pedestrians_video, tmp_path):
     res = CliRunner().invoke(main, ["calibration", "build", "--source", str(tmp_path / "nope.mp4"), "-o",
                                     str(out)])
     assert res.exit_code != 0 and res.stderr.startswith("edgedet: error:")
+
+
+def test_fair_shares_cap_and_redistribute():
+    from edgedet.tools.calibration import fair_shares
+
+    assert fair_shares(10, [None, None]) == [5, 5]
+    assert fair_shares(10, [2, None, None]) == [2, 4, 4]
+    assert fair_shares(9, [2, 3, 1]) == [2, 3, 1]  # all capped: fewer than asked
+    assert sum(fair_shares(7, [None, None, None])) == 7
+
+
+def test_balanced_set_shares_crops_flips_and_determinism(pedestrians_video, tmp_path):
+    from tests.assets import require_asset
+
+    photos = require_asset("images/coco_train2017")
+    coral = require_asset("images/coral")
+    sources = [str(photos), str(coral), str(pedestrians_video)]
+    a = build_calibration_set(sources, tmp_path / "a", num=24, balance="kind", augment=0.25, seed=3)
+    manifest = a.manifest
+    entries = manifest["images"]
+    assert len(a) == 24
+    originals = [e for e in entries if "augment" not in e]
+    frames = [e for e in originals if "frame" in e]
+    stills = [e for e in originals if "frame" not in e]
+    # still photos and video frames get half of the 18 originals each; the photo folders split theirs
+    assert len(frames) == 9 and len(stills) == 9
+    per_folder = {f: sum(e["source"].startswith(f) for e in stills) for f in (str(photos), str(coral))}
+    assert sorted(per_folder.values()) == [4, 5]
+    augmented = [e for e in entries if "augment" in e]
+    assert len(augmented) == 6 and {"crop", "flip", "crop+flip"} <= {e["augment"] for e in augmented}
+    assert all(e["of"] in {o["file"] for o in originals} for e in augmented)
+    crop = next(e for e in augmented if e["augment"] == "crop")
+    import cv2
+
+    x0, y0, x1, y1 = crop["crop"]
+    img = cv2.imread(str(tmp_path / "a" / crop["file"]))
+    assert img.shape[:2] == (y1 - y0, x1 - x0)
+    # the same call gives the same set; another seed other crops
+    b = build_calibration_set(sources, tmp_path / "b", num=24, balance="kind", augment=0.25, seed=3)
+    assert b.hash == a.hash
+    c = build_calibration_set(sources, tmp_path / "c", num=24, balance="kind", augment=0.25, seed=4)
+    assert c.hash != a.hash
+
+
+def test_evaluation_images_are_refused(tmp_path):
+    import json
+
+    from tests.assets import require_asset
+
+    photos = require_asset("images/coco_train2017")
+    evalset = tmp_path / "val" / "images"
+    evalset.mkdir(parents=True)
+    first = sorted(photos.iterdir())[0]
+    (evalset / first.name).write_bytes(first.read_bytes())
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": first.name}]}))
+    try:
+        build_calibration_set([str(photos)], tmp_path / "c", num=4, exclude=[str(ann)])
+    except ConfigError as exc:
+        assert "evaluation set" in str(exc) and first.name in str(exc)
+    else:
+        raise AssertionError("an evaluation image was accepted")
+    (tmp_path / "val" / "annotations").mkdir()
+    (tmp_path / "val" / "annotations" / "instances_val.json").write_text("{}")
+    res = CliRunner().invoke(main, ["calibration", "build", "-s", str(evalset), "-o", str(tmp_path / "d")])
+    assert res.exit_code != 0 and "looks like an evaluation set" in res.stderr
+    assert not (tmp_path / "c" / "manifest.yaml").exists()
+    # disjoint sets pass
+    cs = build_calibration_set([str(photos)], tmp_path / "e", num=4, exclude=[str(evalset.parent / "annotations"
+                                                                                    / "instances_val.json")])
+    assert len(cs) == 4
