@@ -37,6 +37,7 @@ ASSETS = Path(os.environ.get("EDGEDET_ASSETS", ROOT.parent / "shared" / "assets"
 class Sample:
     t_s: float
     rss_mib: float  # the edgedet process
+    anon_mib: float  # of which anonymous memory (heaps, buffers; the rest is mapped files: code, the model)
     children_rss_mib: float  # its child processes (encoder), summed
     threads: int
     fds: int
@@ -62,8 +63,8 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _rss_mib(status: dict) -> float:
-    return int(status.get("VmRSS", "0 kB").split()[0]) / 1024.0
+def _rss_mib(status: dict, key: str = "VmRSS") -> float:
+    return int(status.get(key, "0 kB").split()[0]) / 1024.0
 
 
 def sample(pid: int, t0: float) -> Sample:
@@ -75,8 +76,8 @@ def sample(pid: int, t0: float) -> Sample:
             kid_rss += _rss_mib(_status(kid))
         except OSError:
             pass
-    return Sample(round(time.monotonic() - t0, 1), round(_rss_mib(st), 2), round(kid_rss, 2),
-                  int(st.get("Threads", 0)), len(os.listdir(f"/proc/{pid}/fd")), len(kids))
+    return Sample(round(time.monotonic() - t0, 1), round(_rss_mib(st), 2), round(_rss_mib(st, "RssAnon"), 2),
+                  round(kid_rss, 2), int(st.get("Threads", 0)), len(os.listdir(f"/proc/{pid}/fd")), len(kids))
 
 
 def default_args(workdir: Path) -> list[str]:
@@ -104,6 +105,8 @@ def summarize(samples: list[Sample], warmup_s: float) -> dict:
         "rss_end_mib": samples[-1].rss_mib,
         "growth_after_warmup_mib": round(_median([s.rss_mib for s in after[-3:]]) - start, 2),
         "peak_above_warmup_mib": round(max(s.rss_mib for s in after) - start, 2),
+        "anon_growth_after_warmup_mib": round(_median([s.anon_mib for s in after[-3:]])
+                                              - _median([s.anon_mib for s in after[:3]]), 2),
         "children_growth_after_warmup_mib": round(_median([s.children_rss_mib for s in after[-3:]]) - kids_start, 2),
         "threads": [min(s.threads for s in after), max(s.threads for s in after)],
         "fds": [min(s.fds for s in after), max(s.fds for s in after)],
@@ -119,7 +122,7 @@ def run_soak(args: argparse.Namespace, run_args: list[str]) -> tuple[list[Sample
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=args.cwd)
     samples: list[Sample] = []
     t0 = time.monotonic()
-    print(f"{'t_s':>7} {'rss_MiB':>8} {'child_MiB':>9} {'threads':>7} {'fds':>4}", flush=True)
+    print(f"{'t_s':>7} {'rss_MiB':>8} {'anon_MiB':>8} {'child_MiB':>9} {'threads':>7} {'fds':>4}", flush=True)
     total = args.minutes * 60.0
     due = [args.first] + [k * args.interval for k in range(1, int(total // args.interval) + 1)
                           if k * args.interval > args.first]
@@ -136,7 +139,8 @@ def run_soak(args: argparse.Namespace, run_args: list[str]) -> tuple[list[Sample
             except OSError:
                 break
             samples.append(s)
-            print(f"{s.t_s:7.0f} {s.rss_mib:8.1f} {s.children_rss_mib:9.1f} {s.threads:7d} {s.fds:4d}", flush=True)
+            print(f"{s.t_s:7.0f} {s.rss_mib:8.1f} {s.anon_mib:8.1f} {s.children_rss_mib:9.1f} {s.threads:7d} "
+                  f"{s.fds:4d}", flush=True)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=60)
