@@ -52,7 +52,10 @@ candidate.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,11 +86,25 @@ class QuantizeResult:
 
 
 def require_quantizer():
+    """The ai-edge-quantizer module. Ctrl-C during its (long) import is held until the import ends:
+    an interrupt inside a compiled extension's initialisation would otherwise surface as an
+    ImportError and be reported as a missing package."""
+    held: list[int] = []
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: held.append(1)) if main_thread else None
     try:
-        import ai_edge_quantizer  # noqa: F401
         from ai_edge_quantizer import quantizer as aeq_quantizer
     except ImportError as exc:
-        raise EdgedetError("int8 conversion needs ai-edge-quantizer: pip install 'edgedet[quantize]'") from exc
+        if held:
+            raise KeyboardInterrupt from None
+        if importlib.util.find_spec("ai_edge_quantizer") is None:
+            raise EdgedetError("int8 conversion needs ai-edge-quantizer: pip install 'edgedet[quantize]'") from exc
+        raise EdgedetError(f"ai-edge-quantizer is installed but does not import ({exc})") from exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
     return aeq_quantizer
 
 
