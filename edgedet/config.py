@@ -108,6 +108,21 @@ def parse_rtsp_url(url: str, path: str = "rtsp_out.url") -> str:
     return str(url)
 
 
+_SERVE_RE = re.compile(r"(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]*)):)?(?P<port>\d{1,5})"
+                       r"(?P<path>(?:/[A-Za-z0-9_.\-]+)+)?/?")
+
+
+def parse_rtsp_serve(spec: str, path: str = "rtsp_out.serve") -> tuple[str, int, str]:
+    """``"8554/detections"`` -> ``("127.0.0.1", 8554, "/detections")``; ``"0.0.0.0:8554/cam"``;
+    ``"[::1]:8554"`` (path ``/detections`` when none is given)."""
+    m = _SERVE_RE.fullmatch(str(spec).strip())
+    if not m:
+        raise ConfigError(f"{path}: expected [HOST:]PORT/PATH (e.g. 8554/detections or 0.0.0.0:8554/detections), "
+                          f"got {mask_url(str(spec))!r}")
+    host = m.group("v6") or m.group("host") or "127.0.0.1"
+    return host, _port(m.group("port"), path), m.group("path") or "/detections"
+
+
 def parse_bitrate(text: str, path: str = "rtsp_out.bitrate") -> int:
     """``"1500k"`` -> 1500000 bits/s, ``"2M"``, ``"800000"``; at least 10k."""
     t = str(text).strip().lower()
@@ -283,6 +298,12 @@ class RtspOutConfig:
     bitrate: str = opt("1500k", "--rtsp-bitrate", check=parse_bitrate, help="H.264 bitrate, e.g. 1500k")
     fps: Optional[float] = opt(None, "--rtsp-fps", min=0.1, help="published fps (default: the source's)")
     transport: str = opt("tcp", "--rtsp-out-transport", choices=("tcp", "udp"), help="RTSP publish transport")
+    serve: Optional[str] = opt(None, "--rtsp-serve", check=parse_rtsp_serve,
+                               help="serve the annotated stream over RTSP from this device on [HOST:]PORT/PATH "
+                                    "(default host 127.0.0.1; http.auth applies)")
+    serve_python: Optional[str] = opt(None, help="a Python with GStreamer's RTSP server (python3-gi) for "
+                                                 "rtsp_out.serve (default: $EDGEDET_GST_PYTHON, else this Python "
+                                                 "or /usr/bin/python3)")
 
 
 @dataclass
@@ -327,6 +348,7 @@ class TrackingConfig:
                               help="detections per frame while tracking, unless model.max_detections is set")
     max_unseen_s: float = opt(5.0, "--track-timeout", min=0.0, help="an object unseen this many seconds has left")
     min_hits: int = opt(3, min=1, max=100, help="consecutive detections before an object exists")
+    confirm_s: float = opt(0.5, min=0.0, help="and detected in every frame for this many seconds")
     snapshot: str = opt("crop", choices=("crop", "frame", "none"),
                         help="the best picture of an object: the crop around it, the whole frame, or none")
     update_interval_s: float = opt(0.0, min=0.0, help="an object 'update' event at least this often (0: never)")

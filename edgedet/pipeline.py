@@ -238,15 +238,18 @@ class TrackingStage:
     the capture's wall-clock time for live sources. Zones with normalized coordinates are placed
     on the first frame, when its size is known.
 
-    ``moving`` counts the objects alive that moved within ``stationary_s`` seconds (their box left
-    the place where it last settled: IoU below ``STILL_IOU``); the motion gate keeps the model
-    running for them, while a parked car is only looked at every keep-alive interval.
+    ``moving`` counts the objects alive that moved within ``stationary_s`` seconds: the tracker's box
+    of an object seen in the frame (steadier than the detector's, and counted as at least
+    ``STILL_SIDE`` of the frame wide and high) left the place where it last settled (IoU below
+    ``STILL_IOU``); a new object is at rest until it moves. The motion gate keeps the model running
+    for them, while a parked car is only looked at every keep-alive interval.
     ``pending_frames`` counts the frames with a detection that could start a track
     (``new_track_score``) not on a confirmed track yet: when it grows, the gate runs the model on a
     few frames in a row, so a new object gets the consecutive detections that confirm it.
     """
 
     STILL_IOU = 0.8
+    STILL_SIDE = 0.1  # of the frame: a box 30 pixels of a 300-pixel model input jitters by 2 at IoU 0.88
 
     def __init__(self, settings: TrackerSettings, labels: Optional[Sequence[str]] = None, *,
                  threshold: Optional[float] = None, events: EventSettings = EventSettings(),
@@ -298,17 +301,28 @@ class TrackingStage:
         public = tracked.scores >= np.float32(self.threshold)
         result.detections = tracked if public.all() else tracked[public]
         self.alive = len(tracker)
-        self.moving = self._movement(tracked, ended, t)
+        # the filtered boxes of the objects seen, at least STILL_SIDE of the frame: detector jitter is no motion
+        side = self.STILL_SIDE * max(frame.width, frame.height)
+        seen = tracked.track_ids[tracked.track_ids >= 0]
+        filtered = tracker.boxes() if len(seen) else tracked[:0]
+        self.moving = self._movement(filtered[np.isin(filtered.track_ids, seen)], ended, t, side)
         unconfirmed = (tracked.track_ids < 0) & (tracked.scores >= tracker.settings.new_track_score)
         self.pending_frames += int(unconfirmed.any())
         self.objects += sum(e.kind == "new" for e in result.objects)
 
-    def _movement(self, tracked: Detections, ended: np.ndarray, t: float) -> int:
-        """Fold this frame's tracked boxes into each object's resting place; objects that moved lately."""
+    def _movement(self, tracked: Detections, ended: np.ndarray, t: float, side: float = 0.0) -> int:
+        """Fold this frame's tracked boxes into each object's resting place; objects that moved lately.
+
+        Boxes count as at least ``side`` pixels wide and high (grown about their centre): a box a few
+        model pixels in size moves by a large part of itself when the detector's output shifts a pixel.
+        """
         keep = ~np.isin(self._ids, ended)
         ids, rest, moved_at = self._ids[keep], self._rest[keep], self._moved_at[keep]
         on = tracked.track_ids >= 0
         seen, boxes = tracked.track_ids[on].astype(np.int64), tracked.xyxy[on]
+        if side > 0:
+            centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, np.maximum(boxes[:, 2:] - boxes[:, :2], side) / 2
+            boxes = np.concatenate([centre - half, centre + half], axis=1)
         pos = np.minimum(np.searchsorted(ids, seen), max(len(ids) - 1, 0))
         known = (ids[pos] == seen) if len(ids) else np.zeros(len(seen), bool)
         rows = pos[known]
@@ -320,7 +334,7 @@ class TrackingStage:
             fresh = ~known
             ids = np.concatenate([ids, seen[fresh]])
             rest = np.concatenate([rest, boxes[fresh]])
-            moved_at = np.concatenate([moved_at, np.full(int(fresh.sum()), t)])
+            moved_at = np.concatenate([moved_at, np.full(int(fresh.sum()), -np.inf)])  # at rest until it moves
             order = np.argsort(ids, kind="stable")
             ids, rest, moved_at = ids[order], rest[order], moved_at[order]
         self._ids, self._rest, self._moved_at = ids, rest, moved_at
@@ -490,17 +504,12 @@ class Pipeline:
         if not self._stop.is_set():
             self.stop_reason = self.stop_reason or reason
             self._stop.set()
-            self._interrupt_source()
-
-    def _interrupt_source(self) -> None:
-        interrupt = getattr(self.source, "interrupt", None)
-        if callable(interrupt):  # a source waiting for its stream (an outage) returns None now
-            interrupt()
+            self.source.interrupt()  # a source waiting for its stream (an outage) returns None now
 
     def _abort(self) -> None:
         """Stop at once: every hand-off drops what it holds and wakes its waiters."""
         self._stop.set()
-        self._interrupt_source()
+        self.source.interrupt()
         for slot in self.slots:
             slot.abort()
 
@@ -834,6 +843,7 @@ def build_tracking(cfg: Config, labels: Optional[Sequence[str]] = None) -> Optio
     high = cfg.model.score_threshold
     settings = TrackerSettings(high_score=high, low_score=min(tc.low_score, high),
                                new_track_score=max(high, min(1.0, high + 0.1)), min_hits=tc.min_hits,
+                               confirm_s=tc.confirm_s,
                                max_unseen_s=tc.max_unseen_s)
     events = EventSettings(snapshot=tc.snapshot, update_interval_s=tc.update_interval_s)
     return TrackingStage(settings, labels, events=events, zones=check_zones(cfg.zones.polygons, "zones.polygons"),
@@ -845,7 +855,7 @@ def build_motion(cfg: Config) -> Optional[MotionGate]:
     if not mc.enabled:
         return None
     return MotionGate(MotionSettings(threshold=mc.threshold, keepalive_s=mc.keepalive_s, pixel_delta=mc.pixel_delta,
-                                     burst=cfg.tracking.min_hits + 1))
+                                     burst=cfg.tracking.min_hits + 1, burst_s=2 * cfg.tracking.confirm_s))
 
 
 def build_detector(cfg: Config, threads: Optional[int] = None) -> Detector:

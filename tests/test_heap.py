@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -31,3 +34,34 @@ def test_fragmented_free_memory_is_returned_while_running():
     assert trimmer.trims >= 2
     assert before - _rss_mib() > 30, (before, _rss_mib())
     del blocks
+
+
+
+PICTURES = """
+import numpy as np
+from edgedet.heap import fix_mmap_threshold
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+if not fix_mmap_threshold():
+    raise SystemExit(3)
+first = np.full(600 * 1024, 1, np.uint8)  # a 480x360 BGR picture is 506 KiB
+del first
+pictures = [np.full(600 * 1024, 1, np.uint8) for _ in range(100)]
+before = rss()
+for i in range(0, len(pictures), 2):
+    pictures[i] = None
+print(before - rss())
+"""
+
+
+def test_picture_sized_buffers_go_back_to_the_system_when_freed():
+    """With the threshold fixed (at the start of a run), a freed picture is unmapped at once, even after
+    glibc saw a large free (by default every later picture then comes from the heaps, where freeing
+    gives nothing back). A fresh process: the heaps of this one hold free space from earlier tests."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    p = subprocess.run([sys.executable, "-c", PICTURES], capture_output=True, text=True, timeout=60, env=env)
+    if p.returncode == 3:
+        pytest.skip("not glibc: mallopt is not available")
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout) > 25, p.stdout

@@ -75,3 +75,56 @@ def test_a_pending_object_gets_a_burst_once_per_keepalive_look():
     runs = [gate.wants(scene(rng), 0.1 * i, pending=True) for i in range(1, 30)]
     # a burst, then a look 2 s after the last run (2.3 s) and a burst again
     assert [i + 1 for i, r in enumerate(runs) if r] == [1, 2, 3, 23, 24, 25, 26]
+
+
+@pytest.mark.parametrize("width, height", [(16, 40), (40, 100)])
+def test_a_far_walker_in_a_1080p_frame_moves_pixels(width, height):
+    rng = np.random.default_rng(5)
+    det = MotionDetector()
+    for _ in range(6):
+        det.update(scene(rng, size=(1080, 1920)))
+
+    def walker(x):  # a dark person on the floor, a few pixels of the small picture
+        img = scene(rng, size=(1080, 1920))
+        img[500:500 + height, x:x + width] = 40
+        return img
+
+    moved = [det.update(walker(800 + 8 * i)) for i in range(5)]
+    assert min(moved) > 0  # never lost between the sampled pixels
+    assert (min(moved) >= MotionSettings().threshold) == (width >= 40)  # the larger one is motion
+
+
+@pytest.mark.parametrize("fps", [5, 10, 30])
+def test_a_pending_object_gets_a_burst_of_the_same_time_at_any_frame_rate(fps):
+    rng = np.random.default_rng(6)
+    gate = MotionGate(MotionSettings(keepalive_s=4.0, burst=2, burst_s=1.0))
+    img = scene(rng)
+    gate.wants(img, 0.0)
+    runs = [gate.wants(img, i / fps, pending=(i == 1)) for i in range(1, 3 * fps)]
+    ran_at = [(i + 1) / fps for i, r in enumerate(runs) if r]
+    assert ran_at[0] == pytest.approx(1 / fps) and max(ran_at) == pytest.approx(max(2, fps) / fps)
+
+
+def test_a_small_still_object_with_a_jittery_box_does_not_keep_the_model_running():
+    from edgedet.detections import Detections
+    from edgedet.frame import Frame, Result
+    from edgedet.pipeline import TrackingStage
+    from edgedet.tracking import TrackerSettings
+
+    stage = TrackingStage(TrackerSettings(), ["person"])
+    stage.fps = 10.0
+    image = np.zeros((360, 480, 3), np.uint8)
+    rng = np.random.default_rng(7)
+    moving = []
+    for i in range(100):  # a 12 x 8 box (litter on a lawn) whose edges jump by up to 3 pixels
+        box = np.array([[204, 282, 216, 290]], np.float32) + rng.integers(-3, 4, (1, 4))
+        stage.apply(Result(Frame(image, i, 0.0, 0.0), Detections(box, np.array([0.7], np.float32),
+                                                                   np.zeros(1, np.int32))))
+        moving.append(stage.moving)
+    assert stage.alive == 1 and max(moving[10:]) == 0
+    for i in range(100, 130):  # then it walks away
+        box = np.array([[204 + 4 * (i - 100), 282, 216 + 4 * (i - 100), 290]], np.float32)
+        stage.apply(Result(Frame(image, i, 0.0, 0.0), Detections(box, np.array([0.7], np.float32),
+                                                                   np.zeros(1, np.int32))))
+        moving.append(stage.moving)
+    assert moving[-1] == 1

@@ -146,6 +146,7 @@ def main() -> int:
         report[name] = {"cpu_s": round(cpu, 1), "cpu_s_per_video_min": round(cpu / minutes, 2),
                         "wall_s": round(time.monotonic() - t0, 1), "objects": len(objects(events)),
                         "inferred_frames": snap["frames"]["processed"], "frames": snap["frames"]["output"],
+                        "inferred_share": round(snap["frames"]["processed"] / max(1, snap["frames"]["output"]), 3),
                         "track_ms": snap["stages_ms"].get("track"), "motion_ms": snap["stages_ms"].get("motion")}
         print(name, json.dumps(report[name]), flush=True)
     missed = match(objects(args.workdir / "always_on.jsonl"), objects(args.workdir / "gated.jsonl"), args.keepalive)

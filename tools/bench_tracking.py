@@ -4,8 +4,9 @@
 1. The detector (default: the SSD MobileNet v1 quant asset) runs once over
    ``videos/pedestrians_480x360.avi`` at ``--cache-score`` with up to ``--max-detections`` boxes;
    its detections are cached in ``--cache`` (an .npz; ``--refresh`` runs the detector again).
-2. The person detections go through our ``ByteTracker`` (timestamps frame / fps, the video's
-   frames for appearance) and ``ObjectEvents``, fed four ways:
+2. The person detections go through our ``ByteTracker`` with the settings ``edgedet run`` uses by
+   default (``tracking`` section of the configuration; timestamps frame / fps, the video's frames
+   for appearance) and ``ObjectEvents``, fed four ways:
 
    * ``ours``: every detection at or above the tracker's ``low_score`` (the detector run at that
      threshold with room for more boxes, as a tracking pipeline runs it);
@@ -18,6 +19,9 @@
 3. Each run is scored against ``tracking/PETS09-S2L1/gt.txt`` (MOTChallenge protocol: IoU >= 0.5,
    hypotheses on the ``conf = 0`` ignore boxes removed first): MOTA, IDF1, ID switches, recall,
    precision, track ids vs ground-truth identities, object events (``new``).
+   Beside them, the messages the per-frame MQTT mode (``--mqtt-on-change``, the default) publishes
+   for the same video: one each time the label counts of the default output change, without and
+   with its default rate limit (2 per second, on the video's clock).
 4. ``--cost``: time per ``update`` at 30 moving objects (median and p95 over ``--frames`` frames),
    with a 1280x720 frame (appearance read from it) and without.
 
@@ -199,6 +203,34 @@ def run_ours(frames: List[Detections], fps: float, settings: TrackerSettings, ma
     return out, kinds
 
 
+def change_messages(frames: List[Detections], fps: float, max_rate: float = 0.0) -> int:
+    """Messages of the on-change MQTT mode over ``frames`` (label counts of each frame; a change held
+    back by ``max_rate`` goes out at a later frame if still current)."""
+    last_key: Optional[tuple] = None
+    last_sent: Optional[float] = None
+    sent = 0
+    for i, dets in enumerate(frames):
+        labels, counts = np.unique(dets.class_ids, return_counts=True)
+        key = tuple(zip(labels.tolist(), counts.tolist()))
+        if key == last_key:
+            continue
+        now = i / fps
+        if max_rate > 0 and last_sent is not None and now - last_sent < 1.0 / max_rate:
+            continue
+        last_key, last_sent, sent = key, now, sent + 1
+    return sent
+
+
+def default_settings() -> TrackerSettings:
+    """The tracker settings of ``edgedet run`` with its default configuration."""
+    from edgedet.config import config_from_dict
+    from edgedet.pipeline import build_tracking
+
+    stage = build_tracking(config_from_dict({}), ["person"])
+    assert stage is not None
+    return stage.tracker.settings
+
+
 def run_reference(frames: List[Detections], fps: float, score: float = 0.5) -> List[Detections]:
     """The trackers package's ByteTrack: frame_rate = fps, activation and high thresholds ``score``."""
     import supervision as sv
@@ -310,7 +342,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     truth = load_truth(Path(args.truth), len(run.frames))
     n_ids = len(np.unique(np.concatenate([f.ids[~f.ignore] for f in truth])))
     results: dict = {"fps": run.fps, "frames": len(run.frames), "truth_identities": n_ids}
-    settings = TrackerSettings()
+    settings = default_settings()
+    results["settings"] = {k: v for k, v in vars(settings).items() if isinstance(v, (int, float))}
     low = [d[d.scores >= settings.low_score] for d in run.frames]
     default = [default_output(d) for d in run.frames]
     video = Path(args.video)
@@ -320,7 +353,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         tracked, kinds = run_ours(frames, run.fps, settings, match, images)
         results[name] = {**score_tracks(truth, tracked), "object_events": kinds["new"], "events": kinds}
     if args.reference:
-        results["reference_bytetrack"] = score_tracks(truth, run_reference(default, run.fps))
+        reference = run_reference(default, run.fps)
+        results["reference_bytetrack"] = score_tracks(truth, reference)
+    results["mqtt_change_messages"] = {"unlimited": change_messages(default, run.fps),
+                                       "max_rate_2": change_messages(default, run.fps, 2.0)}
     if args.cost:
         results["cost_30_objects"] = {
             "ours_greedy": tracker_cost_ms(30, args.frames),
@@ -344,6 +380,8 @@ def print_table(results: dict) -> None:
         if isinstance(r, dict) and "mota" in r:
             vals = [r.get(c, float("nan")) for c in cols]
             print(f"{name:22s} " + " ".join(f"{v:13.3f}" if isinstance(v, float) else f"{v:13d}" for v in vals))
+    m = results["mqtt_change_messages"]
+    print(f"on-change MQTT messages for the same video: {m['unlimited']} ({m['max_rate_2']} at 2 per second)")
     for name, r in (results.get("cost_30_objects") or {}).items():
         print(f"cost {name}: median {r['median_ms']:.3f} ms (CPU {r['cpu_median_ms']:.3f}), "
               f"p95 {r['p95_ms']:.3f} ms (CPU {r['cpu_p95_ms']:.3f}) per frame at 30 objects")

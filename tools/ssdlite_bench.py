@@ -6,6 +6,14 @@ For each width: build time, .tflite size, and interpreter invoke time (median of
 
     python tools/ssdlite_bench.py --widths 0.5 0.75 1.0 --input 320 --quantize int8 none \
         --calib ../shared/assets/images --out /tmp/ssdlite-bench
+
+With ``--models``, nothing is built: the given ``.tflite`` files (e.g. a float model and its int8
+conversion) are timed as the detector runs them (detection op stripped, edgedet decodes), in short
+alternating blocks on frames of ``--source``, once per ``--threads`` count; the speed-up is the
+ratio of the first model's median invoke to each other's. No TensorFlow needed.
+
+    python tools/ssdlite_bench.py --models float.tflite int8.tflite --threads 2 1 --runs 300 \
+        --source ../shared/assets/videos/pedestrians_480x360.avi
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgedet.tflite import load_interpreter  # noqa: E402
-from edgedet.tools.convert import build_ssdlite  # noqa: E402
 
 
 def interleaved_invoke_ms(paths: list[Path], image: Path, threads: int, warmup: int, runs: int,
@@ -53,6 +60,70 @@ def interleaved_invoke_ms(paths: list[Path], image: Path, threads: int, warmup: 
     return [statistics.median(t) for t in times]
 
 
+def video_frames(source: str, count: int) -> list:
+    """Up to ``count`` frames of a video, or the images of a folder / one image."""
+    path = Path(source)
+    if path.is_dir() or path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")) \
+            if path.is_dir() else [path]
+        return [cv2.imread(str(p)) for p in files[:count]]
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while len(frames) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    if not frames:
+        sys.exit(f"no frames in {source}")
+    return frames
+
+
+def detector_invoke_ms(paths: list, frames: list, threads: int, warmup: int, runs: int,
+                       block: int = 5) -> list:
+    """Invoke ms (as ``Detector.infer`` reports it: the op stripped under the default decoder) of each
+    model, in alternating blocks of ``block`` frames so that load changes hit every model alike.
+    Returns per model ``{p50, p95, mean, n}``."""
+    from edgedet.detector import Detector
+
+    dets = [Detector.from_path(p, threads=threads, score_threshold=0.5) for p in paths]
+    for det in dets:
+        for i in range(warmup):
+            det.infer(det.prepare(frames[i % len(frames)]))
+    times: list = [[] for _ in dets]
+    done = 0
+    while done < runs:
+        n = min(block, runs - done)
+        for det, t in zip(dets, times):
+            for i in range(done, done + n):
+                t.append(det.infer(det.prepare(frames[i % len(frames)])).invoke_ms)
+        done += n
+    return [{"p50": statistics.median(t), "p95": sorted(t)[int(0.95 * (len(t) - 1))],
+             "mean": statistics.fmean(t), "n": len(t)} for t in times]
+
+
+def compare_models(args) -> None:
+    import os
+
+    frames = video_frames(args.source, 100)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    rows = []
+    for threads in args.threads:
+        stats = detector_invoke_ms([Path(p) for p in args.models], frames, threads, args.warmup, args.runs)
+        for path, st in zip(args.models, stats):
+            rows.append({"model": path, "threads": threads, "size_mb": round(Path(path).stat().st_size / 1e6, 2),
+                         **{k: round(v, 3) for k, v in st.items()},
+                         "speedup_p50": round(stats[0]["p50"] / st["p50"], 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"| model | threads | size MB | invoke ms p50 | p95 | x vs {Path(args.models[0]).name} |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {Path(r['model']).name} | {r['threads']} | {r['size_mb']} | {r['p50']:.2f} | {r['p95']:.2f} "
+              f"| {r['speedup_p50']:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", type=float, nargs="+", default=[0.5, 0.75, 1.0])
@@ -62,12 +133,23 @@ def main() -> None:
     ap.add_argument("--calib", nargs="*", default=[], help="calibration image files or folders")
     ap.add_argument("--num-calib", type=int, default=100)
     ap.add_argument("--image", default=str(ROOT.parent / "shared/assets/images/coral/grace_hopper.bmp"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="interpreter threads (building: the first; --models: each in turn)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--out", default="/tmp/ssdlite-bench")
     ap.add_argument("--reuse", action="store_true", help="time models already built in --out")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="time these .tflite files against the first instead of building")
+    ap.add_argument("--source", default=str(ROOT.parent / "shared/assets/videos/pedestrians_480x360.avi"),
+                    help="--models: video, image folder or image to time on")
     args = ap.parse_args()
+    if args.models:
+        compare_models(args)
+        return
+    from edgedet.tools.convert import build_ssdlite
+
+    args.threads = args.threads[0]
     out = Path(args.out)
     rows, paths = [], []
     for width, quantize in [(w, q) for q in args.quantize for w in args.widths]:

@@ -9,6 +9,7 @@ which imports the sink's module only then, and may return None: a window without
     events     --events FILE
     objects    --object-events FILE, --snapshots DIR
     rtsp_out   --rtsp-out URL
+    rtsp_serve --rtsp-serve [HOST:]PORT/PATH
     http       --http [HOST]:PORT
     mqtt       --mqtt HOST[:PORT]
 
@@ -73,6 +74,12 @@ def _rtsp_out(cfg: Config, ctx: SinkContext) -> Sink:
     return RtspOutSink(cfg.rtsp_out, cfg.output, ctx)
 
 
+def _rtsp_serve(cfg: Config, ctx: SinkContext) -> Sink:
+    from .rtsp_serve import RtspServeSink
+
+    return RtspServeSink(cfg.rtsp_out, cfg.http, cfg.output, ctx)
+
+
 def _http(cfg: Config, ctx: SinkContext) -> Sink:
     from .http import HttpSink
 
@@ -91,6 +98,7 @@ SINKS: tuple[SinkEntry, ...] = (
     SinkEntry("events", lambda cfg: bool(cfg.output.events), _events),
     SinkEntry("objects", lambda cfg: bool(cfg.output.object_events or cfg.output.snapshots), _objects),
     SinkEntry("rtsp_out", lambda cfg: cfg.rtsp_out.url is not None, _rtsp_out),
+    SinkEntry("rtsp_serve", lambda cfg: cfg.rtsp_out.serve is not None, _rtsp_serve),
     SinkEntry("http", lambda cfg: cfg.http.listen is not None, _http),
     SinkEntry("mqtt", lambda cfg: cfg.mqtt.host is not None, _mqtt),
 )

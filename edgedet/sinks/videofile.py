@@ -22,18 +22,19 @@ fragment (``trim_to_fragments``).
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import select
 import shutil
 import signal
 import subprocess
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import IO, Optional, Protocol
 
 import numpy as np
 
@@ -117,6 +118,19 @@ def hw_bitrate(size: tuple[int, int]) -> int:
     return max(500_000, size[0] * size[1] * 2)
 
 
+def _memory_file() -> IO[bytes]:
+    """A file in memory (Linux ``memfd``) for a child's error output: still writable when the disk is
+    full, and never blocks the child the way a pipe nobody reads does. Opened for appending, so the
+    child's writes land at the end even while this process reads it from the start."""
+    fh: IO[bytes]
+    try:
+        fh = open(os.memfd_create("edgedet-ffmpeg-log"), "w+b")
+    except (AttributeError, OSError):  # not Linux
+        fh = tempfile.TemporaryFile()
+    fcntl.fcntl(fh.fileno(), fcntl.F_SETFL, fcntl.fcntl(fh.fileno(), fcntl.F_GETFL) | os.O_APPEND)
+    return fh
+
+
 def _no_space(text: str) -> bool:
     return "no space left" in text.lower()
 
@@ -140,20 +154,21 @@ class FfmpegFile:
     def __init__(self, path: Path, size: tuple[int, int], fps: float, codec: str, keyframe_s: float) -> None:
         self.path, self.size, self.fps, self.codec = path, size, fps, codec
         self.gop = max(1, int(round(fps * keyframe_s)))
-        self._tail: list[str] = []
+        self._log = _memory_file()  # ffmpeg's own error lines (no reader thread, no pipe to fill)
         # ffmpeg must end only when its input ends: a stop signal sent to every process of a service
         # (systemd's default) or of a terminal would make it drop the frames still in flight. It
         # inherits this thread's signal mask (blocked SIGINT/SIGTERM stay pending until it exits).
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, start_new_session=True)
+                                         stderr=self._log, start_new_session=True)
+        except BaseException:
+            self._log.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._fd = self.proc.stdin.fileno()
         os.set_blocking(self._fd, False)
-        self._drain = threading.Thread(target=self._read_stderr, name="edgedet-ffmpeg-log", daemon=True)
-        self._drain.start()
 
     def command(self) -> list[str]:
         w, h = self.size
@@ -170,15 +185,10 @@ class FfmpegFile:
         cmd += ["-movflags", FRAGMENTED] if fmt in ("mp4", "mov") else ["-cluster_time_limit", "1000"]
         return cmd + ["-f", fmt, str(self.path)]
 
-    def _read_stderr(self) -> None:
-        for raw in iter(self.proc.stderr.readline, b""):
-            line = raw.decode(errors="replace").strip()
-            if line:
-                self._tail = (self._tail + [line])[-5:]
-
     def _failure(self) -> VideoWriteError:
-        self._drain.join(timeout=2.0)
-        text = "; ".join(self._tail[-2:]) or f"ffmpeg exited with status {self.proc.poll()}"
+        self._log.seek(0)
+        lines = [line.strip() for line in self._log.read().decode(errors="replace").splitlines() if line.strip()]
+        text = "; ".join(lines[-2:]) or f"ffmpeg exited with status {self.proc.poll()}"
         if _no_space(text):
             return VideoWriteError("no space left on device", no_space=True)
         return VideoWriteError(f"the encoder stopped ({text})")
@@ -226,8 +236,7 @@ class FfmpegFile:
             if self.proc.returncode != 0:
                 raise self._failure()
         finally:
-            self._drain.join(timeout=2.0)
-            self.proc.stderr.close()
+            self._log.close()
 
 
 class PyavFile:

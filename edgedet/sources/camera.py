@@ -9,6 +9,7 @@ error (after a few retries), not the end of input.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Optional, Union
 
@@ -17,16 +18,18 @@ import numpy as np
 
 from ..errors import SourceError
 from ..frame import Frame
+from .base import BaseSource
 
 log = logging.getLogger(__name__)
 
 
-class CaptureSource:
+class CaptureSource(BaseSource):
     """Frames from one ``cv2.VideoCapture`` target (index, device, file or URL).
 
     ``name`` is printed in errors and stats (pass it with credentials masked).
     ``decoder_threads`` (set before ``open``) caps the FFmpeg decoder's threads; None leaves
-    OpenCV's default (one per core).
+    OpenCV's default (one per core). ``interrupt()`` makes ``read`` return None (a camera that
+    delivers nothing stops retrying, a paced file stops waiting for its next frame).
     """
 
     live = False
@@ -45,6 +48,7 @@ class CaptureSource:
         self._cap: Optional[cv2.VideoCapture] = None
         self._index = 0
         self._read_failures = 0
+        self._interrupted = threading.Event()
         self.decoder_threads: Optional[int] = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -57,6 +61,7 @@ class CaptureSource:
         """Hook: set capture properties before the first read (cameras)."""
 
     def open(self) -> None:
+        self._interrupted.clear()
         if self._cap is not None:
             return
         try:
@@ -83,12 +88,8 @@ class CaptureSource:
             self._cap.release()
             self._cap = None
 
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     # -- reading ----------------------------------------------------------------------------
     def _grab(self) -> Optional[np.ndarray]:
@@ -109,7 +110,7 @@ class CaptureSource:
         return frame
 
     def read(self) -> Optional[Frame]:
-        image = self._grab()
+        image = None if self._interrupted.is_set() else self._grab()
         if image is None:
             return None
         return self._frame(image)
@@ -160,7 +161,7 @@ class CameraSource(CaptureSource):
         return f"cannot open camera {self.target}"
 
     def read(self) -> Optional[Frame]:
-        while True:
+        while not self._interrupted.is_set():
             image = self._grab()
             if image is not None:
                 self._read_failures = 0
@@ -170,7 +171,8 @@ class CameraSource(CaptureSource):
             self._read_failures += 1
             if self._read_failures >= self.max_failures:
                 raise SourceError(f"{self.name} stopped delivering frames")
-            time.sleep(0.05)
+            self._interrupted.wait(0.05)
+        return None
 
     def stats(self) -> dict:
         return {"frames_read": self._index, "read_failures": self._read_failures}

@@ -70,6 +70,8 @@ class VideoFileSource(CaptureSource):
         return self._pending is not None
 
     def read(self) -> Optional[Frame]:
+        if self._interrupted.is_set():
+            return None
         image = self._pending
         self._pending = None
         if image is None:
@@ -81,20 +83,23 @@ class VideoFileSource(CaptureSource):
             image, self._pending = self._pending, None
         if image is None:
             return None
-        if self.realtime and self.fps > 0:
-            self._pace()
+        if self.realtime and self.fps > 0 and not self._pace():
+            return None
         return self._frame(image)
 
-    def _pace(self) -> None:
+    def _pace(self) -> bool:
+        """Wait until the frame is due, like a camera would deliver it; False if interrupted meanwhile."""
         now = time.monotonic()
         if self._next_due is None:
             self._next_due = now
         delay = self._next_due - now
         if delay > 0:
-            time.sleep(delay)
+            if self._interrupted.wait(delay):
+                return False
             self._next_due += 1.0 / self.fps
         else:  # behind: release now, keep the cadence from here
             self._next_due = max(self._next_due + 1.0 / self.fps, now - 1.0 / self.fps)
+        return True
 
     def stats(self) -> dict:
         return {"frames_read": self._index, "loops": self.loops}

@@ -11,6 +11,7 @@ import cv2
 
 from ..errors import SourceError
 from ..frame import Frame
+from .base import BaseSource
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-class ImageSource:
+class ImageSource(BaseSource):
     """Frames from an image file or a directory of images (not recursive).
 
     In a directory, files that cannot be decoded are skipped with a warning (counted in
@@ -75,13 +76,6 @@ class ImageSource:
 
     def close(self) -> None:
         self._opened = False
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def read(self) -> Optional[Frame]:
         while True:

@@ -49,6 +49,7 @@ from ..config import SourceConfig
 from ..errors import SourceError
 from ..frame import Frame
 from ..redact import mask_text, mask_url
+from .base import BaseSource
 
 log = logging.getLogger("edgedet.source")
 
@@ -146,7 +147,7 @@ class Abandonable:
         return self._result
 
 
-class NetworkSource:
+class NetworkSource(BaseSource):
     """A live network stream; see the module docstring. Use as a context manager."""
 
     live = True
@@ -228,13 +229,6 @@ class NetworkSource:
             self._image = None
             self._connected = False
         self._set_state("closed")
-
-    def __enter__(self) -> NetworkSource:
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ reading
     def read(self) -> Optional[Frame]:

@@ -32,6 +32,7 @@ import numpy as np
 from ..config import PiCameraConfig, check_lores_within_main, parse_size
 from ..errors import ConfigError, SourceError
 from ..frame import Frame
+from .base import BaseSource
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class PiCameraSource:
+class PiCameraSource(BaseSource):
     """A Raspberry Pi camera (CSI) as a ``Source``: ``PiCameraSource(cfg.picamera, (300, 300))``.
 
     ``lores_size`` is the model's input size ``(w, h)``; ``None`` uses ``cfg.lores_size`` and, if
@@ -173,13 +174,6 @@ class PiCameraSource:
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def __enter__(self) -> PiCameraSource:
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def open(self) -> None:
         self._closing.clear()
         self._failures = 0
@@ -280,6 +274,10 @@ class PiCameraSource:
             controls["AwbMode"] = getattr(libcamera.controls.AwbModeEnum, name)
         return controls
 
+    def interrupt(self) -> None:
+        """``read`` returns None: a capture that fails stops reopening the camera, a reopen waits no more."""
+        self._closing.set()
+
     def close(self) -> None:
         self._closing.set()
         with self._lock:
@@ -297,7 +295,7 @@ class PiCameraSource:
 
     # -- reading --------------------------------------------------------------------------------
     def read(self) -> Optional[Frame]:
-        """The next frame; reopens a failing camera; ``None`` only after ``close()``."""
+        """The next frame; reopens a failing camera; ``None`` only after ``interrupt()`` or ``close()``."""
         while not self._closing.is_set():
             with self._lock:
                 cam = self._cam

@@ -5,7 +5,9 @@ Each frame:
 0. boxes that are no object are set aside: a box holding ``group_size`` or more smaller boxes of its
    class (the detector's box around a group, or around the whole picture) and, when the frame is
    given, a box covering more than ``max_area`` of it;
-1. every track's box moves ahead to time ``t`` (constant-velocity Kalman filter, ``kalman.py``);
+1. every track's box moves ahead to time ``t`` (constant-velocity Kalman filter, ``kalman.py``); a
+   track not seen at the previous update keeps its size (as ByteTrack's filter does), so a box that
+   was shrinking does not vanish while it coasts;
 2. confident detections (score >= ``high_score``) are assigned to the confirmed tracks by IoU with
    their predicted boxes (at least ``min_iou``), then to the tentative tracks (``min_iou_tentative``).
    A lost track (confirmed, not seen at the previous update) takes a detection only if it looks like
@@ -15,8 +17,9 @@ Each frame:
 3. weaker detections (``low_score`` <= score < ``high_score``) are assigned to the confirmed tracks
    seen at the previous update and still unmatched (``min_iou_low``): a partly hidden person whose
    score dips keeps their track;
-4. a tentative track is confirmed after ``min_hits`` consecutive detections and dropped at its first
-   miss, so detector flicker never becomes an object. When it is confirmed next to a confirmed track
+4. a tentative track is confirmed after ``min_hits`` consecutive detections covering ``confirm_s``
+   seconds (the same time at any frame rate) and dropped at its first miss, so detector flicker
+   never becomes an object. When it is confirmed next to a confirmed track
    of its class that lost its detections (its predicted centre within ``resume_gate``, a squared
    Mahalanobis distance under the lost track's grown uncertainty) and looks like it
    (``appearance_gate``), it continues that track's id: an object that came back after an
@@ -58,7 +61,9 @@ class TrackerSettings:
     ``new_track_score`` = high + 0.1 and the three IoU thresholds (0.2 / 0.3 / 0.5) are ByteTrack's;
     ``low_score`` 0.45 keeps the weak band small for the quantized SSD (whose detections per frame
     double for each 0.1 below 0.5, mostly clutter): it adds about a quarter to the confident boxes;
-    ``min_hits`` 3 is SORT's; ``max_unseen_s`` 5 is Frigate's time before an object is gone;
+    ``min_hits`` 3 is SORT's; ``confirm_s`` 0 leaves confirmation to ``min_hits`` alone (the
+    configuration's default is 0.5: Frigate's ``min_initialized``, half the detection frame rate in
+    frames); ``max_unseen_s`` 5 is Frigate's time before an object is gone;
     ``resume_gate`` 9.21 is the 99% point of the chi-square distribution with two degrees of freedom
     (the box centre); 0 turns resuming off.
 
@@ -78,6 +83,7 @@ class TrackerSettings:
     low_score: float = 0.45
     new_track_score: float = 0.6
     min_hits: int = 3
+    confirm_s: float = 0.0
     max_unseen_s: float = 5.0
     min_iou: float = 0.2
     min_iou_tentative: float = 0.3
@@ -104,6 +110,8 @@ class TrackerSettings:
                 f"tracking.new_track_score: {self.new_track_score} is below high_score {self.high_score}")
         if self.min_hits < 1:
             raise ConfigError(f"tracking.min_hits: must be at least 1, got {self.min_hits}")
+        if not self.confirm_s >= 0.0:
+            raise ConfigError(f"tracking.confirm_s: must be >= 0, got {self.confirm_s}")
         if not self.max_unseen_s >= 0.0:
             raise ConfigError(f"tracking.max_unseen_s: must be >= 0, got {self.max_unseen_s}")
         if not self.resume_gate >= 0.0:
@@ -207,6 +215,8 @@ class ByteTracker:
         tracks = self._tracks
         t = float(t)
         self._t_prev = t if self._t is None else self._t
+        if self._t is not None:  # an unseen track keeps its size: a shrinking box would vanish while it coasts
+            tracks.filter.hold_size(tracks.last_seen < self._t)
         tracks.filter.predict(0.0 if self._t is None else t - self._t)
         self._t = t if self._t is None else max(t, self._t)
         rows, cols = self._associate(detections, looks)
@@ -276,7 +286,9 @@ class ByteTracker:
         """Confirm, resume, drop and end tracks after this frame's matches; the id of each row before."""
         s = self.settings
         tracks = self._tracks
-        promote = (tracks.ids < 0) & (tracks.hits >= s.min_hits)
+        # detected in every frame for confirm_s (the time the first detection stands for included)
+        covered = t - tracks.first_seen + (t - self._t_prev)
+        promote = (tracks.ids < 0) & (tracks.hits >= s.min_hits) & (covered >= s.confirm_s - 1e-6)
         taken = self._resume(promote, matched, t) if s.resume_gate > 0 and promote.any() else None
         promote &= tracks.ids < 0
         n_new = int(np.count_nonzero(promote))
@@ -330,7 +342,7 @@ class ByteTracker:
         first = len(tracks)
         idx = np.flatnonzero(free)
         tracks.add(dets.xyxy[idx], dets.class_ids[idx], t, None if looks is None else looks[idx])
-        if s.min_hits <= 1:
+        if s.min_hits <= 1 and s.confirm_s <= 0:
             n = len(idx)
             tracks.ids[first:] = np.arange(self._next_id, self._next_id + n)
             self._next_id += n

@@ -88,6 +88,10 @@ class BoxFilter:
     def keep(self, mask: np.ndarray) -> None:
         self.state = self.state[mask]
 
+    def hold_size(self, rows: np.ndarray) -> None:
+        """Stop the size of tracks ``rows`` (index or mask) changing until they are measured again."""
+        self.state[rows, VEL, 2:] = 0.0
+
     def predict(self, dt: float) -> None:
         """Move every track ``dt`` seconds ahead (no-op for ``dt <= 0``)."""
         if dt <= 0 or not len(self.state):

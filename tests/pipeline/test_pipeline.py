@@ -15,6 +15,7 @@ from edgedet.frame import Frame
 from edgedet.pipeline import Pipeline, StopRequested
 from edgedet.sinks.base import BaseSink, SinkContext
 from edgedet.sinks.events import EventsSink
+from edgedet.sources.base import BaseSource
 from edgedet.sources.file import VideoFileSource
 from edgedet.sources.images import ImageSource
 
@@ -41,7 +42,7 @@ class Collect(BaseSink):
         self.closed += 1
 
 
-class SyntheticSource:
+class SyntheticSource(BaseSource):
     """A live-like source producing numbered frames at ``fps`` (or as fast as asked)."""
 
     def __init__(self, n=100, fps=0.0, live=True, size=(64, 48), lores=None):
@@ -130,6 +131,36 @@ def test_stop_from_another_thread_finishes_in_flight_frames(tmp_path):
     lines = events.read_text().splitlines()
     assert len(lines) == snap["frames"]["output"] == snap["frames"]["captured"] > 10
     assert all(json.loads(line)["detections"] for line in lines)  # every line is complete
+
+
+class WaitingSource(BaseSource):
+    """A live source whose stream has gone: ``read`` waits up to a minute unless interrupted."""
+
+    live, fps, name = True, 10.0, "waiting"
+
+    def __init__(self):
+        self.wake = threading.Event()
+        self.sent = False
+
+    def read(self):
+        if not self.sent:
+            self.sent = True
+            return Frame(np.zeros((48, 64, 3), np.uint8), 0, time.monotonic(), time.time())
+        self.wake.wait(60)
+        return None
+
+    def interrupt(self):
+        self.wake.set()
+
+
+def test_stop_wakes_a_source_waiting_for_its_stream():
+    sink = Collect()
+    with Pipeline(WaitingSource(), StandinDetector(), [sink], drop=True) as p:
+        threading.Timer(0.5, p.stop).start()
+        t0 = time.monotonic()
+        snap = p.run()
+        assert time.monotonic() - t0 < 2
+    assert snap["frames"]["output"] == 1 and len(sink.results) == 1
 
 
 def test_stage_error_stops_everything_and_is_raised():

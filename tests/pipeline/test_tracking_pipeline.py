@@ -15,6 +15,7 @@ from edgedet.motion import MotionGate, MotionSettings
 from edgedet.pipeline import Pipeline, TrackingStage, build_tracking, detector_limits
 from edgedet.sinks.base import BaseSink
 from edgedet.sinks.overlay import LINE_COLOR, ZONE_COLOR, Overlay
+from edgedet.sources.base import BaseSource
 from edgedet.tracking import Line, TrackerSettings, Zone
 
 ZONE_LINE = np.array(LINE_COLOR, np.uint8)
@@ -35,21 +36,12 @@ class Collect(BaseSink):
         self.objects.extend(events)
 
 
-class ScriptSource:
+class ScriptSource(BaseSource):
     """A file-like source at ``FPS``: ``picture(i)`` draws frame ``i`` (160 x 120)."""
 
     def __init__(self, n, picture):
         self.n, self.picture, self.fps, self.name = n, picture, FPS, "script"
         self.i = 0
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
-    def stats(self):
-        return {}
 
     def read(self):
         if self.i >= self.n:

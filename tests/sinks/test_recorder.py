@@ -99,6 +99,21 @@ def test_recording_is_fragmented_h264_yuv420p(tmp_path, backend):
     assert boxes[:2] == ["ftyp", "moov"] and boxes.count("moof") >= 3, boxes
 
 
+@pytest.mark.parametrize("backend", BACKENDS[:1])
+def test_an_encoder_that_stops_is_reported_with_its_own_words(tmp_path, backend):
+    """ffmpeg's error line (libx264 refuses odd sizes) reaches the one-line error, which names the file."""
+    rec = RecorderSink(str(tmp_path / "odd.mp4"), fps=10)
+    rec.open()
+    rec.choice = EncoderChoice(backend, "libx264")
+    with pytest.raises(SinkError) as err:
+        try:
+            for i in range(40):
+                rec.write(_result(i, 100.0 + i / 10, 1e9 + i / 10, w=65, h=49))
+        finally:
+            rec.close()
+    assert "odd.mp4" in str(err.value) and "width not divisible by 2" in str(err.value), err.value
+
+
 @needs_ffprobe
 def test_mkv_is_h264_and_avi_is_motion_jpeg(tmp_path):
     if not choose_file_encoder("auto", ".mkv").h264:

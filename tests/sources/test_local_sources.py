@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 
 import cv2
@@ -121,6 +122,56 @@ def test_camera_that_stops_delivering_is_an_error_not_end_of_input(pedestrians_v
         assert len([cam.read() for _ in range(3)]) == 3
         with pytest.raises(SourceError, match="stopped delivering frames"):
             cam.read()
+
+
+def _read_in_thread(src):
+    got = {}
+
+    def run():
+        got["frame"] = src.read()
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_interrupt_ends_the_wait_of_a_slowly_paced_file(pedestrians_video):
+    """A file played at its pace (one frame every 5 s here): a stop does not wait for the next frame."""
+    with VideoFileSource(pedestrians_video, realtime=True, fps=0.2) as src:
+        assert src.read() is not None  # the first frame is due at once
+        thread, got = _read_in_thread(src)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        src.interrupt()
+        thread.join(2.0)
+        assert not thread.is_alive() and got["frame"] is None and got["at"] - t0 < 0.5
+        assert src.read() is None  # and later reads too, until it is opened again
+    with src:
+        assert src.read() is not None
+
+
+def test_interrupt_stops_a_camera_that_delivers_nothing_from_retrying(tmp_path):
+    short = tmp_path / "short.avi"
+    w = cv2.VideoWriter(str(short), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    w.write(np.zeros((48, 64, 3), np.uint8))
+    w.release()
+    cam = CameraSource(str(short), max_failures=10**6)  # would retry (every 50 ms) for ~14 hours
+    with cam:
+        assert cam.read() is not None
+        thread, got = _read_in_thread(cam)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        cam.interrupt()
+        thread.join(2.0)
+        assert not thread.is_alive() and got["frame"] is None and got["at"] - t0 < 0.5
+
+
+def test_every_source_can_be_interrupted(grace_hopper):
+    """Sources whose ``read`` never waits long take the protocol's default: nothing to do."""
+    with ImageSource(grace_hopper) as src:
+        src.interrupt()
+        assert src.read() is not None
 
 
 def _cfg(**source):

@@ -39,6 +39,17 @@ def test_a_box_moving_across_frames_keeps_its_id():
     assert len(tracker) == 1
 
 
+@pytest.mark.parametrize("fps", [5, 10, 30])
+def test_an_object_is_confirmed_after_the_same_time_at_any_frame_rate(fps):
+    tracker = ByteTracker(TrackerSettings(confirm_s=0.5, min_hits=2))
+    confirmed_at = None
+    for i in range(3 * fps):
+        out = tracker.update(dets([box(10 + 30 * i / fps, 50)]), i / fps)
+        if confirmed_at is None and out.track_ids[0] >= 0:
+            confirmed_at = (i + 1) / fps  # time the detections so far stand for
+    assert confirmed_at == pytest.approx(max(np.ceil(0.5 * fps - 1e-9), 2) / fps)  # whole frames
+
+
 def test_missed_frames_do_not_end_the_track():
     tracker = ByteTracker()
     ids = []
@@ -300,3 +311,15 @@ def test_hungarian_matching_agrees_where_pairs_are_unambiguous():
     for match in (greedy_match, hungarian_match):
         rows, cols = match(sim, 0.2)
         assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 1)]
+
+
+def test_a_shrinking_object_that_goes_unseen_keeps_its_size_while_it_coasts():
+    tracker = ByteTracker(TrackerSettings(max_unseen_s=5.0))
+    for i in range(20):  # walking away: 4 pixels smaller every frame
+        tracker.update(dets([box(100 + 2 * i, 50 + 2 * i, 40 - 1.2 * i, 100 - 4 * i)]), i / 10)
+    for i in range(20, 60):  # four seconds unseen
+        tracker.update(dets([]), i / 10)
+    (x1, y1, x2, y2), = tracker.boxes().xyxy
+    assert y2 - y1 > 15  # about its last size (24 pixels), not shrunk to nothing
+    out = tracker.update(dets([box(x1 + 2, y1 + 2, 16, 24)]), 6.0)  # seen again where it was heading
+    assert out.track_ids.tolist() == [1]

@@ -19,8 +19,8 @@ tensor names of one model:
 
 ``pipeline.config``, when the export has one, is read with a small text-proto reader and compared
 with the graph: the graph is what runs, so it wins; disagreements are reported. Labels: a
-``labels`` list or file (plain text or a ``.pbtxt`` label map), a label map inside the export, the
-COCO label list by id for a 90-class model, else generic names.
+``labels`` list or file (plain text or a ``.pbtxt`` label map), a label map inside the export, else
+the zoo's COCO label map by id for a model of up to 90 classes (with a note), else generic names.
 
 Only the body is converted (``edgedet.tools.convert.tf.convert_loaded``), raw or with the
 ``TFLite_Detection_PostProcess`` op appended; the float file then goes through ``convert`` (the
@@ -55,6 +55,7 @@ RESIZE_OPS = ("ResizeBilinear", "ResizeNearestNeighbor", "ResizeBicubic", "Resiz
 NMS_OPS = ("NonMaxSuppression", "NonMaxSuppressionV2", "NonMaxSuppressionV3", "NonMaxSuppressionV4",
            "NonMaxSuppressionV5")
 DETECTION_OP_FORMS = {"keep": "fuse", "strip": "strip"}
+COCO_IDS = 90  # the zoo's COCO label map: ids 1..90, the API's class i is id i + 1
 _AFFINE_OPS = ("Mul", "Sub", "Add", "AddV2", "RealDiv", "Div")
 _PASS_OPS = ("Identity", "Squeeze")
 
@@ -836,7 +837,8 @@ def body_source(export: Tf1Export, model: Tf1Model):
 
 def resolve_labels(labels, model: Tf1Model, export: Tf1Export, log: Callable[[str], None]) -> list:
     """The model's class names: ``labels`` (list, text file or ``.pbtxt`` label map), the export's
-    label map, the COCO list by id for a 90-class model, else ``class0..`` (said in the log)."""
+    label map, else the zoo's COCO label map by id (class ``i`` is COCO id ``i + 1``, as the API
+    numbers them; said in the log) for up to 90 classes, else ``class0..`` (said in the log)."""
     from ...labels import fit_labels, generic_labels, read_label_file
 
     n = model.num_classes
@@ -848,10 +850,14 @@ def resolve_labels(labels, model: Tf1Model, export: Tf1Export, log: Callable[[st
         return fit_labels(list(labels), n, source="labels")
     if export.label_map is not None:
         return _fit_padded(export.label_map, n, "the export's label map")
-    if n == 90:
+    if n <= COCO_IDS:
         from ...registry import labels_path
 
-        return fit_labels(read_label_file(labels_path("coco90.txt")), n, source="coco90.txt")
+        names = fit_labels(read_label_file(labels_path("coco90.txt"))[:n], n, source="coco90.txt")
+        shown = ", ".join(names[:3]) + (", ..." if n > 3 else "")
+        log(f"note: no label map: assumed COCO ids for the {n} class{'es' if n > 1 else ''} ({shown}); "
+            "give --labels if they differ")
+        return names
     log(f"note: no labels for the {n} classes: they are named class0..class{n - 1} (give labels)")
     return generic_labels(n)
 

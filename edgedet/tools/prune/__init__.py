@@ -3,11 +3,13 @@
 Modules: ``pruner`` (``prune`` and ``PruneOptions``), ``layers`` (the prunable layers of a file
 and their stored weights), ``recon`` (masks and the layer-wise reconstruction), ``alloc``
 (per-layer sparsity from sensitivity curves), ``calib`` (calibration inputs), ``sensitivity``
-(the accuracy-vs-sparsity curve) and ``eval`` (mAP of a pruned file).
+(the accuracy-vs-sparsity curve), ``eval`` (mAP of a pruned file) and ``structured`` (channel
+pruning with refits and recovery, ``prune_structured``; needs TensorFlow when run).
 """
 
 from __future__ import annotations
 
+from .calib import input_spec, preprocess
 from .eval import map_of
 from .pruner import (
     ALLOCATIONS,
@@ -22,7 +24,9 @@ from .pruner import (
     prune_model,
 )
 from .sensitivity import SensitivityReport, plot_curve, run_sensitivity
+from .structured import DistillOptions, StructuredOptions, StructuredReport, format_proxy, prune_structured
 
-__all__ = ["ALLOCATIONS", "DEFAULT_SKIP", "METHODS", "PruneOptions", "PruneReport", "SensitivityReport",
-           "file_sizes", "invoke_ms", "load_calibration", "map_of", "plot_curve", "prune", "prune_model",
-           "run_sensitivity"]
+__all__ = ["ALLOCATIONS", "DEFAULT_SKIP", "METHODS", "DistillOptions", "PruneOptions", "PruneReport",
+           "SensitivityReport", "StructuredOptions", "StructuredReport", "file_sizes", "format_proxy", "input_spec",
+           "invoke_ms", "load_calibration", "map_of", "plot_curve", "preprocess", "prune", "prune_model",
+           "prune_structured", "run_sensitivity"]

@@ -58,10 +58,10 @@ class PruneOptions:
     method: str = "reconstruct"
     skip: Sequence[str] = DEFAULT_SKIP  # layer kinds, "first", "last", or parts of layer names
     calibration: Sequence[str] = ()
-    num_calib: int = 64
+    num_calib: int = 128  # chosen on held-back calibration images: 128 beat 64 on every proxy
     threads: Optional[int] = None
     max_layer_sparsity: float = 0.9  # cap per layer (guards heads of classes absent from calibration)
-    sequential: bool = False  # True: refit each layer on the already-pruned model's activations
+    sequential: bool = True  # refit each layer on the already-pruned model's activations (False: dense ones)
     damp: float = 0.01
     allocation: Optional[str] = None  # "sensitivity" | "uniform"; None: sensitivity when calibrated
     holdout: float = 0.25  # share of calibration inputs kept aside to measure output error

@@ -258,8 +258,11 @@ def test_frozen_graph_with_the_detection_op(graph_pb, tmp_path):
     from edgedet.sidecar import load_sidecar
 
     out = tmp_path / "person_op.tflite"
-    convert_tf1(graph_pb, out, detection_op="keep", labels=["person"])
-    assert load_sidecar(out)["postprocess"]["form"] == "op"
+    notes: list = []
+    convert_tf1(graph_pb, out, detection_op="keep", log=notes.append)  # no label map beside the graph
+    assert sum("assumed COCO ids" in n for n in notes) == 1, notes
+    side = load_sidecar(out)
+    assert side["postprocess"]["form"] == "op" and side["labels"] == ["person"]
     assert not (tmp_path / "person_op.anchors.npy").exists()
     det = Detector.from_path(out, threads=2, score_threshold=0.5, decoder="op")
     dets = det.detect(_photo())
@@ -275,13 +278,21 @@ def test_saved_model_directory_reads_the_same_model(export_dir, graph_pb):
     np.testing.assert_array_equal(a.anchors, b.anchors)
 
 
-def test_labels_default_to_coco_names_for_ninety_classes(graph_pb):
+def test_labels_without_a_label_map_are_coco_names_by_id_and_given_labels_win(graph_pb, tmp_path):
     export = read_tf1_export(graph_pb)
     model = analyze_tf1(export)
     notes: list = []
-    assert resolve_labels(None, model, export, notes.append) == ["class0"] and notes
+    assert resolve_labels(None, model, export, notes.append) == ["person"]  # class 1 of the API = COCO id 1
+    assert len(notes) == 1 and "assumed COCO ids" in notes[0]
     coco = resolve_labels(None, replace(model, num_classes=90), export, notes.append)
-    assert len(coco) == 90 and coco[0] == "person" and coco[2] == "car"
+    assert len(coco) == 90 and coco[0] == "person" and coco[2] == "car" and coco[11] == "n/a"
+    assert resolve_labels(None, replace(model, num_classes=3), export, notes.append) == ["person", "bicycle", "car"]
+    assert resolve_labels(None, replace(model, num_classes=91), export, notes.append)[90] == "class90"
+    mine = tmp_path / "labels.txt"
+    mine.write_text("pedestrian\n")
+    notes.clear()
+    assert resolve_labels(mine, model, export, notes.append) == ["pedestrian"] and not notes
+    assert resolve_labels(["walker"], model, export, notes.append) == ["walker"] and not notes
 
 
 def test_a_graph_that_is_not_a_detection_export_is_refused(tf, tmp_path):

@@ -181,3 +181,16 @@ def test_prune_structured_end_to_end(tmp_path):
     assert set(report.proxies) == {"one_shot", "distilled"} and report.census["conv_int8"] == 11
     assert sorted(report.kept.values()) == [8, 16]
     assert read_graph(tmp_path / "pruned.tflite").macs() == report.macs_after
+
+
+def test_speedup_picks_the_ratio_predicted_from_macs():
+    from edgedet.tools.prune.structured.recipe import macs_at, predicted_speedup, ratio_for_speedup
+
+    g = tiny_ssd()
+    targets = find_targets(g, [1, 2, 3])
+    assert macs_at(g, targets, 0.0, 4) == g.macs()
+    pruned, report = prune_graph(g, _inputs(4), targets, {t.name: 0.5 for t in targets}, multiple=4)
+    assert macs_at(g, targets, 0.5, 4) == report.macs_after == pruned.macs()
+    ratio = ratio_for_speedup(g, targets, 1.3, multiple=4)
+    assert predicted_speedup(g.macs(), macs_at(g, targets, ratio, 4)) >= 1.3
+    assert predicted_speedup(g.macs(), macs_at(g, targets, ratio - 0.01, 4)) < 1.3 or ratio == 0.01

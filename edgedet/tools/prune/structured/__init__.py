@@ -16,8 +16,8 @@ from .export import export_float, export_int8
 from .forward import run_graph
 from .graph import FloatGraph, Layer, read_graph
 from .oneshot import OneShotReport, find_targets, prune_graph
-from .recipe import StructuredOptions, StructuredReport, held_proxy, prune_structured
+from .recipe import StructuredOptions, StructuredReport, format_proxy, held_proxy, prune_structured
 
 __all__ = ["DistillOptions", "DistillReport", "FloatGraph", "ImagePool", "Layer", "OneShotReport",
            "StructuredOptions", "StructuredReport", "augmented_views", "distill", "export_float", "export_int8",
-           "find_targets", "held_proxy", "prune_graph", "prune_structured", "read_graph", "run_graph"]
+           "find_targets", "format_proxy", "held_proxy", "prune_graph", "prune_structured", "read_graph", "run_graph"]
