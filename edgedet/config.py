@@ -348,7 +348,8 @@ class TrackingConfig:
                               help="detections per frame while tracking, unless model.max_detections is set")
     max_unseen_s: float = opt(5.0, "--track-timeout", min=0.0, help="an object unseen this many seconds has left")
     min_hits: int = opt(3, min=1, max=100, help="consecutive detections before an object exists")
-    confirm_s: float = opt(0.5, min=0.0, help="and detected in every frame for this many seconds")
+    confirm_s: float = opt(0.5, min=0.0, help="and detected over this many seconds")
+    confirm_gap_s: float = opt(0.1, min=0.0, help="with no gap this long (seconds) before it is confirmed")
     snapshot: str = opt("crop", choices=("crop", "frame", "none"),
                         help="the best picture of an object: the crop around it, the whole frame, or none")
     update_interval_s: float = opt(0.0, min=0.0, help="an object 'update' event at least this often (0: never)")

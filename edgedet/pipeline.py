@@ -843,7 +843,7 @@ def build_tracking(cfg: Config, labels: Optional[Sequence[str]] = None) -> Optio
     high = cfg.model.score_threshold
     settings = TrackerSettings(high_score=high, low_score=min(tc.low_score, high),
                                new_track_score=max(high, min(1.0, high + 0.1)), min_hits=tc.min_hits,
-                               confirm_s=tc.confirm_s,
+                               confirm_s=tc.confirm_s, confirm_gap_s=tc.confirm_gap_s,
                                max_unseen_s=tc.max_unseen_s)
     events = EventSettings(snapshot=tc.snapshot, update_interval_s=tc.update_interval_s)
     return TrackingStage(settings, labels, events=events, zones=check_zones(cfg.zones.polygons, "zones.polygons"),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import select
 import shutil
 import subprocess
 import threading
@@ -42,6 +41,7 @@ from ..errors import SinkError
 from ..frame import Result
 from ..redact import mask_text, mask_url
 from .base import BaseSink, SinkContext
+from .pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, write_all
 
 log = logging.getLogger("edgedet.rtsp_out")
 
@@ -153,45 +153,21 @@ class FfmpegPublisher:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             raise EncoderGone(self.reason())
-        view = memoryview(np.ascontiguousarray(image)).cast("B")
-        fd = proc.stdin.fileno()
-        deadline = time.monotonic() + WRITE_TIMEOUT
-        offset = 0
-        while offset < len(view):
-            if cancel is not None and cancel.is_set():
-                raise EncoderGone("stopped")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise EncoderGone(f"a frame write blocked for {WRITE_TIMEOUT:g} s (server not reading?)")
-            _, writable, _ = select.select([], [fd], [], min(left, 0.1))
-            if not writable:
-                if proc.poll() is not None:
-                    raise EncoderGone(self.reason())
-                continue
-            try:
-                offset += os.write(fd, view[offset:])
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, OSError):
-                time.sleep(0.05)  # let stderr arrive for the reason
-                raise EncoderGone(self.reason()) from None
+        try:
+            write_all(proc, (memoryview(np.ascontiguousarray(image)),), WRITE_TIMEOUT, cancel)
+        except PipeCancelled:
+            raise EncoderGone("stopped") from None
+        except PipeStalled:
+            raise EncoderGone(f"a frame write blocked for {WRITE_TIMEOUT:g} s (server not reading?)") from None
+        except PipeClosed:
+            time.sleep(0.05)  # let stderr arrive for the reason
+            raise EncoderGone(self.reason()) from None
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        for end in (None, proc.terminate, proc.kill):  # EOF first: ffmpeg flushes and says TEARDOWN
-            if end is not None:
-                end()
-            try:
-                proc.wait(timeout=STOP_WAIT)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        end_process(proc, STOP_WAIT)  # EOF first: ffmpeg flushes and says TEARDOWN
         if self._progress is not None:  # its last report tells whether the server had taken the stream
             self._progress.join(timeout=0.5)
 

@@ -47,6 +47,7 @@ from ..config import HttpConfig, OutputConfig, RtspOutConfig, parse_auth, parse_
 from ..errors import SinkError
 from ..frame import Result
 from .base import BaseSink, SinkContext
+from .pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, write_all
 
 log = logging.getLogger("edgedet.rtsp_serve")
 
@@ -165,43 +166,21 @@ class ServerProcess:
         if proc is None or proc.poll() is not None:
             raise ServerGone(self.reason())
         h, w = image.shape[:2]
-        fd = proc.stdin.fileno()
-        deadline = time.monotonic() + WRITE_TIMEOUT
-        for part in (HEADER.pack(MAGIC, w, h), memoryview(np.ascontiguousarray(image)).cast("B")):
-            offset = 0
-            while offset < len(part):
-                if cancel.is_set():
-                    raise ServerGone("stopped")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ServerGone(f"the RTSP server read nothing for {WRITE_TIMEOUT:g} s")
-                _, writable, _ = select.select([], [fd], [], min(left, 0.1))
-                if not writable:
-                    continue
-                try:
-                    offset += os.write(fd, part[offset:])
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    raise ServerGone(self.reason()) from None
+        try:
+            write_all(proc, (HEADER.pack(MAGIC, w, h), memoryview(np.ascontiguousarray(image))), WRITE_TIMEOUT, cancel)
+        except PipeCancelled:
+            raise ServerGone("stopped") from None
+        except PipeStalled:
+            raise ServerGone(f"the RTSP server read nothing for {WRITE_TIMEOUT:g} s") from None
+        except PipeClosed:
+            raise ServerGone(self.reason()) from None
 
     def stop(self) -> None:
         """Close its stdin (it ends by itself), then SIGTERM, then SIGKILL."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        for end in (None, proc.terminate, proc.kill):
-            if end is not None:
-                end()
-            try:
-                proc.wait(timeout=STOP_WAIT)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        end_process(proc, STOP_WAIT)
         for stream in (proc.stdout, proc.stderr):
             try:
                 stream.close()

@@ -25,12 +25,10 @@ import errno
 import fcntl
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import IO, Optional, Protocol
 import numpy as np
 
 from ..cpu import ffmpeg_encoders, hardware_h264_available, pyav_has_encoder
+from .pipe import PipeClosed, PipeStalled, write_all
 
 log = logging.getLogger("edgedet.recorder")
 
@@ -194,25 +193,14 @@ class FfmpegFile:
         return VideoWriteError(f"the encoder stopped ({text})")
 
     def write(self, image: np.ndarray) -> None:
-        view = memoryview(np.ascontiguousarray(image)).cast("B")
-        deadline = time.monotonic() + WRITE_TIMEOUT
-        offset = 0
-        while offset < len(view):
-            if time.monotonic() > deadline:
-                self._kill()
-                raise VideoWriteError(f"the encoder did not take a frame for {WRITE_TIMEOUT:g} s")
-            _, ready, _ = select.select([], [self._fd], [], 0.5)
-            if not ready:
-                if self.proc.poll() is not None:
-                    raise self._failure()
-                continue
-            try:
-                offset += os.write(self._fd, view[offset:])
-            except BlockingIOError:
-                continue
-            except OSError:  # broken pipe: ffmpeg ended
-                self._wait(5.0)
-                raise self._failure() from None
+        try:
+            write_all(self.proc, (memoryview(np.ascontiguousarray(image)),), WRITE_TIMEOUT)
+        except PipeStalled:
+            self._kill()
+            raise VideoWriteError(f"the encoder did not take a frame for {WRITE_TIMEOUT:g} s") from None
+        except PipeClosed:  # ffmpeg ended
+            self._wait(5.0)
+            raise self._failure() from None
 
     def _wait(self, timeout: float) -> Optional[int]:
         try:

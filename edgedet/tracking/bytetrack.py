@@ -17,13 +17,13 @@ Each frame:
 3. weaker detections (``low_score`` <= score < ``high_score``) are assigned to the confirmed tracks
    seen at the previous update and still unmatched (``min_iou_low``): a partly hidden person whose
    score dips keeps their track;
-4. a tentative track is confirmed after ``min_hits`` consecutive detections covering ``confirm_s``
-   seconds (the same time at any frame rate) and dropped at its first miss, so detector flicker
-   never becomes an object. When it is confirmed next to a confirmed track
-   of its class that lost its detections (its predicted centre within ``resume_gate``, a squared
-   Mahalanobis distance under the lost track's grown uncertainty) and looks like it
-   (``appearance_gate``), it continues that track's id: an object that came back after an
-   occlusion keeps its id instead of becoming a new one;
+4. a tentative track is confirmed after ``min_hits`` detections covering ``confirm_s`` seconds (the
+   same time at any frame rate) and dropped once unseen for ``confirm_gap_s`` (at the first miss
+   when frames are further apart), so detector flicker never becomes an object. When it is
+   confirmed next to a confirmed track of its class that lost its detections (its predicted centre
+   within ``resume_gate``, a squared Mahalanobis distance under the lost track's grown uncertainty)
+   and looks like it (``appearance_gate``), it continues that track's id: an object that came back
+   after an occlusion keeps its id instead of becoming a new one;
 5. a confident detection left over (score >= ``new_track_score``) starts a tentative track;
 6. a confirmed track unseen for more than ``max_unseen_s`` seconds ends (``ended_ids``).
 
@@ -63,7 +63,9 @@ class TrackerSettings:
     double for each 0.1 below 0.5, mostly clutter): it adds about a quarter to the confident boxes;
     ``min_hits`` 3 is SORT's; ``confirm_s`` 0 leaves confirmation to ``min_hits`` alone (the
     configuration's default is 0.5: Frigate's ``min_initialized``, half the detection frame rate in
-    frames); ``max_unseen_s`` 5 is Frigate's time before an object is gone;
+    frames); ``confirm_gap_s`` 0 drops a candidate at its first miss (the configuration's 0.1 lets a
+    candidate miss a frame or two at 30 fps and more, as a detector does, and changes nothing at 10
+    fps or less); ``max_unseen_s`` 5 is Frigate's time before an object is gone;
     ``resume_gate`` 9.21 is the 99% point of the chi-square distribution with two degrees of freedom
     (the box centre); 0 turns resuming off.
 
@@ -84,6 +86,7 @@ class TrackerSettings:
     new_track_score: float = 0.6
     min_hits: int = 3
     confirm_s: float = 0.0
+    confirm_gap_s: float = 0.0
     max_unseen_s: float = 5.0
     min_iou: float = 0.2
     min_iou_tentative: float = 0.3
@@ -112,6 +115,8 @@ class TrackerSettings:
             raise ConfigError(f"tracking.min_hits: must be at least 1, got {self.min_hits}")
         if not self.confirm_s >= 0.0:
             raise ConfigError(f"tracking.confirm_s: must be >= 0, got {self.confirm_s}")
+        if not self.confirm_gap_s >= 0.0:
+            raise ConfigError(f"tracking.confirm_gap_s: must be >= 0, got {self.confirm_gap_s}")
         if not self.max_unseen_s >= 0.0:
             raise ConfigError(f"tracking.max_unseen_s: must be >= 0, got {self.max_unseen_s}")
         if not self.resume_gate >= 0.0:
@@ -286,7 +291,7 @@ class ByteTracker:
         """Confirm, resume, drop and end tracks after this frame's matches; the id of each row before."""
         s = self.settings
         tracks = self._tracks
-        # detected in every frame for confirm_s (the time the first detection stands for included)
+        # detected over confirm_s (the time the first detection stands for included), no gap of confirm_gap_s
         covered = t - tracks.first_seen + (t - self._t_prev)
         promote = (tracks.ids < 0) & (tracks.hits >= s.min_hits) & (covered >= s.confirm_s - 1e-6)
         taken = self._resume(promote, matched, t) if s.resume_gate > 0 and promote.any() else None
@@ -297,7 +302,10 @@ class ByteTracker:
             self._next_id += n_new
         row_ids = tracks.ids.copy()
         expired = (tracks.ids >= 0) & (t - tracks.last_seen > s.max_unseen_s)
-        gone = expired | ((tracks.ids < 0) & ~matched)
+        missed = (tracks.ids < 0) & ~matched
+        if s.confirm_gap_s > 0:
+            missed &= t - tracks.last_seen >= s.confirm_gap_s - 1e-6
+        gone = expired | missed
         if taken is not None:
             expired &= ~taken
             gone |= taken

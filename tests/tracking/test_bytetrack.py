@@ -50,6 +50,18 @@ def test_an_object_is_confirmed_after_the_same_time_at_any_frame_rate(fps):
     assert confirmed_at == pytest.approx(max(np.ceil(0.5 * fps - 1e-9), 2) / fps)  # whole frames
 
 
+@pytest.mark.parametrize("fps, gaps_confirmed", [(10, False), (30, True), (50, True)])
+def test_a_candidate_may_miss_a_frame_at_high_frame_rates_only(fps, gaps_confirmed):
+    # a detector's flicker: every fourth frame without the box, for one second
+    tracker = ByteTracker(TrackerSettings(confirm_s=0.5, confirm_gap_s=0.1, min_hits=3))
+    confirmed = False
+    for i in range(fps):
+        boxes = [] if i % 4 == 3 else [box(10 + 30 * i / fps, 50)]
+        out = tracker.update(dets(boxes), i / fps)
+        confirmed |= bool((out.track_ids >= 0).any())
+    assert confirmed == gaps_confirmed
+
+
 def test_missed_frames_do_not_end_the_track():
     tracker = ByteTracker()
     ids = []
