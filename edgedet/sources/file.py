@@ -16,6 +16,7 @@ import cv2
 from ..errors import SourceError
 from ..frame import Frame
 from .camera import CaptureSource
+from .ffmpeg_options import capture_options
 
 
 class VideoFileSource(CaptureSource):
@@ -31,6 +32,10 @@ class VideoFileSource(CaptureSource):
         self.loops = 0
         self._next_due: Optional[float] = None
         self._pending = None
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        with capture_options(None):  # a user's options for live streams (fflags;nobuffer) lose frames of files
+            return super()._open_capture()
 
     def open(self) -> None:
         if not self.path.exists():

@@ -36,7 +36,6 @@ FFmpeg (through OpenCV) does the protocol work. Its options are set per open thr
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 import threading
@@ -50,6 +49,7 @@ from ..errors import SourceError
 from ..frame import Frame
 from ..redact import mask_text, mask_url
 from .base import BaseSource
+from .ffmpeg_options import capture_options, user_options
 
 log = logging.getLogger("edgedet.source")
 
@@ -68,7 +68,6 @@ WAIT_SLICE = 0.05  # seconds between checks of the stop flag while waiting for a
 #: RTSP answers that mean "there is no such stream for you": not worth retrying at start
 #: (0: no answer in time, -1: not RTSP)
 PERMANENT_ANSWERS = frozenset({0, -1, 401, 403, 404})
-_ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide
 
 
 def is_network_uri(uri: str) -> bool:
@@ -412,21 +411,12 @@ class NetworkSource(BaseSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.cfg.open_timeout * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout * 1000),
         ]
-        opts = self._ffmpeg_options()
-        with _ENV_LOCK:
-            old = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
-            if opts:
-                os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opts
+        with capture_options(self._ffmpeg_options() or user_options()):
             try:
                 cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
             except cv2.error as exc:  # pragma: no cover - depends on the OpenCV build
                 log.debug("VideoCapture raised for %s: %s", self.name, mask_text(str(exc)))
                 cap = None
-            finally:
-                if old is None:
-                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
-                else:
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = old
         if cap is None or not cap.isOpened():
             if cap is not None:
                 cap.release()

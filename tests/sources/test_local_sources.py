@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -38,6 +39,20 @@ def test_video_file_reads_every_frame_with_metadata(pedestrians_video):
     f = frames[0]
     assert f.image.shape == (360, 480, 3) and f.image.dtype == np.uint8
     assert f.timestamp <= frames[-1].timestamp and abs(f.wall_time - time.time()) < 60
+
+
+def test_stream_options_in_the_environment_do_not_lose_frames_of_a_file(pedestrians_video, monkeypatch):
+    # low-delay options users set for their RTSP cameras make FFmpeg drop frames of a file
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
+    cap = cv2.VideoCapture(str(pedestrians_video))
+    first = cap.read()[1]
+    cap.release()
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "fflags;nobuffer|flags;low_delay")
+    with VideoFileSource(pedestrians_video) as src:
+        frames = iter(src.read, None)
+        np.testing.assert_array_equal(next(frames).image, first)
+        assert 1 + sum(1 for _ in frames) == 795
+    assert os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] == "fflags;nobuffer|flags;low_delay"  # the user's, kept
 
 
 def test_video_file_loop_restarts(pedestrians_video):
