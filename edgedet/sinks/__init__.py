@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..config import Config
-from .base import BaseSink, MetricsProviders, Sink, SinkContext
+from .base import BaseSink, Providers, Sink, SinkContext
 
-__all__ = ["SINKS", "BaseSink", "MetricsProviders", "Sink", "SinkContext", "SinkEntry", "build_sinks"]
+__all__ = ["SINKS", "BaseSink", "Providers", "Sink", "SinkContext", "SinkEntry", "build_sinks"]
 
 log = logging.getLogger("edgedet.sinks")
 

@@ -9,27 +9,30 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 from ..frame import Result
 
 MetricsProvider = Callable[[], dict]  # () -> {metric name: (kind "counter"|"gauge", help, value)}
+OutputReport = Callable[[], dict]  # () -> {sink name: its counters}
 
 
-class MetricsProviders:
-    """The metrics sinks add to the run's ``/metrics`` (e.g. the MQTT queue): a sink ``add``s its
-    provider when it opens and ``remove``s it when it closes; the metrics endpoint calls every
-    provider at each scrape. Thread-safe."""
+class Providers:
+    """Callables that sinks offer to the run's web view while they are open: their metrics for
+    ``/metrics`` (e.g. the MQTT queue), their counters for ``/stats`` (e.g. RTSP out failures). A
+    sink ``add``s a provider when it opens (again is a no-op) and ``remove``s it when it closes;
+    the web view calls every provider at each request. Thread-safe."""
 
     def __init__(self) -> None:
-        self._providers: list[MetricsProvider] = []
+        self._providers: list[Callable[[], dict]] = []
         self._lock = threading.Lock()
 
-    def add(self, provider: MetricsProvider) -> None:
+    def add(self, provider: Callable[[], dict]) -> None:
         with self._lock:
-            self._providers.append(provider)
+            if provider not in self._providers:
+                self._providers.append(provider)
 
-    def remove(self, provider: MetricsProvider) -> None:
+    def remove(self, provider: Callable[[], dict]) -> None:
         with self._lock:
             if provider in self._providers:
                 self._providers.remove(provider)
 
-    def __call__(self) -> list[MetricsProvider]:
+    def __call__(self) -> list[Callable[[], dict]]:
         with self._lock:
             return list(self._providers)
 
@@ -40,7 +43,8 @@ class SinkContext:
 
     ``stats`` returns the pipeline's live stats snapshot (see ``edgedet.stats``), ``source_stats``
     the source's own counters (connected, reconnects_total, ...). ``live``: the source delivers in
-    real time (frames may be dropped). ``metrics`` collects what sinks add to ``/metrics``. Frame
+    real time (frames may be dropped). ``metrics`` and ``outputs`` collect what sinks add to
+    ``/metrics`` and ``/stats``. Frame
     size is only known at the first ``write``: sinks that need it (recorder, RTSP out) open lazily there.
     """
 
@@ -52,7 +56,8 @@ class SinkContext:
     source_stats: Callable[[], dict] = dict
     device: Optional[str] = None
     live: bool = False
-    metrics: MetricsProviders = field(default_factory=MetricsProviders)
+    metrics: Providers = field(default_factory=Providers)  # MetricsProvider: for /metrics
+    outputs: Providers = field(default_factory=Providers)  # OutputReport: {sink name: counters} for /stats
 
 
 @runtime_checkable

@@ -10,8 +10,9 @@
     /objects        JSON: the recent tracked objects, newest first (label, id, first/last seen,
                     duration, top score, zones, live or ended, snapshot URL)
     /objects/ID.jpg the best snapshot of object ID (its picture at its top score)
-    /stats          JSON: the run's stats snapshot, the source's counters (credentials masked), and
-                    with zones or lines their occupancy and in/out counts
+    /stats          JSON: the run's stats snapshot, the source's counters (credentials masked), the
+                    outputs' counters (``outputs``: RTSP out failures, RTSP serve viewers, the MQTT
+                    queue), and with zones or lines their occupancy and in/out counts
     /metrics        Prometheus text format (see ``edgedet.sinks.metrics``)
     /healthz        "ok" (never needs a login: for load balancers and systemd watchdogs)
 
@@ -388,11 +389,18 @@ class HttpSink(BaseSink):
                 source = dict(self.ctx.source_stats() or {})
             except Exception:
                 source = {}
+        outputs: dict = {}
+        for report in self.ctx.outputs():
+            try:
+                outputs.update(report())
+            except Exception as exc:  # never break the page because of one output's counters
+                outputs.setdefault("error", str(exc))
         return _mask_all({
             "model": self.ctx.model_name,
             "source_name": mask_url(self.ctx.source_name),
             "source": source,
             "pipeline": pipeline,
+            "outputs": outputs,
             "http": self.stats(),
             "time": time.time(),
             **_zone_figures(pipeline),

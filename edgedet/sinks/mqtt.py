@@ -175,6 +175,7 @@ class MqttSink(BaseSink):
         self._sender = threading.Thread(target=self._send_loop, name="edgedet-mqtt", daemon=True)
         self._sender.start()
         self.ctx.metrics.add(self.prometheus)
+        self.ctx.outputs.add(self.report)
 
     def write(self, result: Result) -> None:
         if result.zones is not None:
@@ -201,6 +202,7 @@ class MqttSink(BaseSink):
 
     def close(self) -> None:
         self.ctx.metrics.remove(self.prometheus)
+        self.ctx.outputs.remove(self.report)
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -223,6 +225,10 @@ class MqttSink(BaseSink):
     def stats(self) -> dict:
         with self._cond:
             return {"connected": self._connected, "events_queued": len(self._queue), **self._counts}
+
+    def report(self) -> dict:
+        """Its counters for ``/stats`` of the same run (registered at open)."""
+        return {"mqtt": self.stats()}
 
     def prometheus(self) -> dict:
         """Extra metrics for ``/metrics`` of the same run (registered at open)."""

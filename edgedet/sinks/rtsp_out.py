@@ -284,6 +284,8 @@ class RtspOutSink(BaseSink):
                 raise SinkError("RTSP out needs ffmpeg or PyAV: apt-get install ffmpeg, or "
                                 "pip install 'edgedet[stream]'") from None
         self.encoder = choose_encoder(self.output_cfg.encoder, self.backend)
+        self.ctx.metrics.add(self.prometheus)
+        self.ctx.outputs.add(self.report)
 
     def write(self, result: Result) -> None:
         image = result.annotated if result.annotated is not None else result.frame.image
@@ -306,6 +308,8 @@ class RtspOutSink(BaseSink):
         if self._thread is not None:
             self._thread.join(timeout=3 * STOP_WAIT + 1.0)
             self._thread = None
+        self.ctx.metrics.remove(self.prometheus)
+        self.ctx.outputs.remove(self.report)
 
     def stats(self) -> dict:
         """Counters for ``/stats`` and ``/metrics``: ``failures`` (attempts that failed or
@@ -314,6 +318,19 @@ class RtspOutSink(BaseSink):
         return {"connected": self._connected, "state": self._state, "encoder": self.encoder,
                 "backend": self.backend, "fps": self.fps, "retry_in_s": round(retry, 1),
                 "last_error": self._last_error, **self._counts}
+
+    def report(self) -> dict:
+        return {"rtsp_out": self.stats()}
+
+    def prometheus(self) -> dict:
+        s = self.stats()
+        return {
+            "edgedet_rtsp_out_connected": ("gauge", "1 while the RTSP server takes the stream", float(s["connected"])),
+            "edgedet_rtsp_out_failures": ("counter", "RTSP out attempts that failed or streams lost", s["failures"]),
+            "edgedet_rtsp_out_reconnects": ("counter", "RTSP out streams accepted again after a failure",
+                                            s["reconnects"]),
+            "edgedet_rtsp_out_frames_sent": ("counter", "frames sent to the RTSP server", s["frames_sent"]),
+        }
 
     # ------------------------------------------------------------------ publisher thread
     def _make(self, size: tuple[int, int]):

@@ -262,6 +262,7 @@ class RtspServeSink(BaseSink):
         log.info("RTSP serve: %s (%s%s)", self.url, self._server.info.get("encoder"),
                  ", basic auth" if self.user else "")
         self.ctx.metrics.add(self.prometheus)
+        self.ctx.outputs.add(self.report)
         self._thread = threading.Thread(target=self._run, name="edgedet-rtsp-serve", daemon=True)
         self._thread.start()
 
@@ -285,11 +286,15 @@ class RtspServeSink(BaseSink):
         if server is not None:
             server.stop()
         self.ctx.metrics.remove(self.prometheus)
+        self.ctx.outputs.remove(self.report)
 
     def stats(self) -> dict:
         server = self._server
         return {"url": self.url, "running": bool(server and server.proc), "clients": server.clients if server else 0,
                 "encoder": server.info.get("encoder") if server else None, **self._counts}
+
+    def report(self) -> dict:
+        return {"rtsp_serve": self.stats()}
 
     def prometheus(self) -> dict:
         s = self.stats()

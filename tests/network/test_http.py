@@ -105,6 +105,8 @@ def box_pixels(jpeg: bytes) -> int:
 def test_endpoints_serve_view_detections_and_masked_stats(pedestrian_results):
     stats = PipelineStats()
     sink = make_sink(stats)
+    # another output of the run offers its counters (as RTSP out, RTSP serve and MQTT do)
+    sink.ctx.outputs.add(lambda: {"rtsp_out": {"failures": 3, "url": SOURCE}})
     with sink, Feeder(sink, pedestrian_results, stats):
         time.sleep(0.5)
         status, headers, page = get(sink.url)
@@ -126,6 +128,7 @@ def test_endpoints_serve_view_detections_and_masked_stats(pedestrian_results):
         st = json.loads(body)
         assert st["source_name"] == "rtsp://admin:***@127.0.0.1:8554/cam"
         assert st["pipeline"]["frames"]["processed"] > 0 and st["source"]["reconnects_total"] == 2
+        assert st["outputs"]["rtsp_out"] == {"failures": 3, "url": "rtsp://admin:***@127.0.0.1:8554/cam"}
 
         assert get(sink.url + "healthz")[2] == b"ok\n"
         with pytest.raises(urllib.error.HTTPError) as err:

@@ -68,6 +68,11 @@ def test_no_server_backs_off(sink_for, caplog):
     stats = sink.stats()
     assert stats["failures"] == len(times) and stats["reconnects"] == 0 and not stats["connected"]
     assert stats["state"] == "waiting" and "refused" in stats["last_error"].lower()
+    # the same counters reach the web view's /stats and /metrics
+    (report,) = [provider() for provider in sink.ctx.outputs()]
+    assert report["rtsp_out"]["failures"] == len(times)
+    (metrics,) = [provider() for provider in sink.ctx.metrics()]
+    assert metrics["edgedet_rtsp_out_failures"][2] == len(times) and metrics["edgedet_rtsp_out_connected"][2] == 0
     assert not any("publishing" in r.getMessage() for r in caplog.records)
 
 

@@ -34,7 +34,7 @@ def test_a_child_that_never_reads_is_reported_stalled_at_the_deadline():
         t0 = time.monotonic()
         with pytest.raises(PipeStalled):
             write_all(proc, (FRAME,), timeout=0.5)
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 5.0
     finally:
         end_process(proc, 0.5)
 
@@ -55,7 +55,7 @@ def test_a_stop_cancels_a_blocked_write_at_once():
         t0 = time.monotonic()
         with pytest.raises(PipeCancelled):
             write_all(proc, (FRAME,), timeout=10, cancel=cancel)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 5.0  # long before the 10 s timeout
     finally:
         end_process(proc, 0.5)
 
@@ -64,4 +64,4 @@ def test_end_process_ends_a_child_that_ignores_the_end_of_its_input():
     proc = child("sleep", "30")
     t0 = time.monotonic()
     end_process(proc, 0.3)
-    assert proc.poll() is not None and time.monotonic() - t0 < 2.0
+    assert proc.poll() is not None and time.monotonic() - t0 < 5.0  # not sleep's 30 s
