@@ -41,7 +41,7 @@ from ..errors import SinkError
 from ..frame import Result
 from ..redact import mask_text, mask_url
 from .base import BaseSink, SinkContext
-from .pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, write_all
+from .pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, feed, write_all
 
 log = logging.getLogger("edgedet.rtsp_out")
 
@@ -128,7 +128,7 @@ class FfmpegPublisher:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
-        os.set_blocking(self.proc.stdin.fileno(), False)
+        feed(self.proc)
         threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
         self._progress = threading.Thread(target=self._read_progress, args=(self.proc,), daemon=True)
         self._progress.start()

@@ -47,7 +47,7 @@ from ..config import HttpConfig, OutputConfig, RtspOutConfig, parse_auth, parse_
 from ..errors import SinkError
 from ..frame import Result
 from .base import BaseSink, SinkContext
-from .pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, write_all
+from .pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, feed, write_all
 
 log = logging.getLogger("edgedet.rtsp_serve")
 
@@ -63,7 +63,6 @@ STOP_WAIT = 2.0
 INITIAL_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 DEFAULT_FPS = 15.0
 PIPE_SIZE = 1 << 20  # bytes of the pipe to the child (Linux; fewer wake-ups per frame)
-F_SETPIPE_SZ = 1031
 INSTALL_HINT = "apt install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly"
 
 
@@ -127,8 +126,7 @@ class ServerProcess:
             raise ServerGone(reason)
         self.info = json.loads(line[len("READY "):])
         threading.Thread(target=self._read_reports, args=(self.proc,), daemon=True).start()
-        _grow_pipe(self.proc.stdin.fileno())
-        os.set_blocking(self.proc.stdin.fileno(), False)
+        feed(self.proc, PIPE_SIZE)
         return self.info
 
     def _first_line(self) -> str:
@@ -193,15 +191,6 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, OSError):
-        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe works too
 
 
 def start_server(pythons: list[str], settings: dict) -> ServerProcess:

@@ -37,7 +37,7 @@ from typing import IO, Optional, Protocol
 import numpy as np
 
 from ..cpu import ffmpeg_encoders, hardware_h264_available, pyav_has_encoder
-from .pipe import PipeClosed, PipeStalled, write_all
+from .pipe import PipeClosed, PipeStalled, feed, write_all
 
 log = logging.getLogger("edgedet.recorder")
 
@@ -166,8 +166,7 @@ class FfmpegFile:
             raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        self._fd = self.proc.stdin.fileno()
-        os.set_blocking(self._fd, False)
+        feed(self.proc)
 
     def command(self) -> list[str]:
         w, h = self.size

@@ -18,11 +18,6 @@ ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _LOCK = threading.Lock()
 
 
-def user_options() -> Optional[str]:
-    """The options the user set in the environment, if any."""
-    return os.environ.get(ENV) or None
-
-
 @contextmanager
 def capture_options(options: Optional[str]) -> Iterator[None]:
     """Captures opened in this block get exactly ``options`` (None or "": none)."""

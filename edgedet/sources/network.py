@@ -49,7 +49,7 @@ from ..errors import SourceError
 from ..frame import Frame
 from ..redact import mask_text, mask_url
 from .base import BaseSource
-from .ffmpeg_options import capture_options, user_options
+from .ffmpeg_options import capture_options
 
 log = logging.getLogger("edgedet.source")
 
@@ -411,7 +411,7 @@ class NetworkSource(BaseSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.cfg.open_timeout * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout * 1000),
         ]
-        with capture_options(self._ffmpeg_options() or user_options()):
+        with capture_options(self._ffmpeg_options()):
             try:
                 cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
             except cv2.error as exc:  # pragma: no cover - depends on the OpenCV build

@@ -140,12 +140,7 @@ def drop_unused_tensors(model, si: int) -> dict[int, int]:
         used.update(int(i) for i in o.outputs if i >= 0)
         if o.intermediates is not None:
             used.update(int(i) for i in o.intermediates if i >= 0)
-    remap = {}
-    kept = []
-    for old, t in enumerate(sub.tensors):
-        if old in used:
-            remap[old] = len(kept)
-            kept.append(t)
+    kept, remap = _keep_used(sub.tensors, used)
     dropped_buffers = {int(t.buffer) for i, t in enumerate(sub.tensors) if i not in used}
     sub.tensors = kept
 
@@ -167,16 +162,17 @@ def drop_unused_tensors(model, si: int) -> dict[int, int]:
     return remap
 
 
+def _keep_used(items: list, used: set[int]) -> tuple[list, dict[int, int]]:
+    """The items whose index is in ``used``, in order, and the old -> new index map."""
+    kept = [item for i, item in enumerate(items) if i in used]
+    remap = {old: new for new, old in enumerate(i for i in range(len(items)) if i in used)}
+    return kept, remap
+
+
 def drop_unused_opcodes(model) -> None:
     """Remove operator codes no operator uses (renumbering the operators' opcode indices)."""
     used = {int(o.opcodeIndex) for s in model.subgraphs for o in s.operators}
-    remap = {}
-    codes = []
-    for old, c in enumerate(model.operatorCodes):
-        if old in used:
-            remap[old] = len(codes)
-            codes.append(c)
-    model.operatorCodes = codes
+    model.operatorCodes, remap = _keep_used(model.operatorCodes, used)
     for s in model.subgraphs:
         for o in s.operators:
             o.opcodeIndex = remap[int(o.opcodeIndex)]

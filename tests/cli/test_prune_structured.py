@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 
@@ -19,21 +18,9 @@ def edgedet(*args):
 def tiny_model(tmp_path):
     """A float SSD with the detection op (3 backbone pointwise convs) and 10 calibration images."""
     pytest.importorskip("tensorflow")
-    import cv2
+    from tests.tools.prune.test_structured import tiny_ssd_file
 
-    from edgedet.tools.prune.structured import export_float
-    from tests.tools.prune.test_structured import tiny_ssd
-
-    g = tiny_ssd()
-    g.detection_options = {"num_classes": 2, "max_detections": 5, "nms_iou_threshold": 0.5}
-    g.anchors = np.tile(np.array([[0.5, 0.5, 0.2, 0.2]], np.float32), (32, 1))
-    export_float(g, tmp_path / "tiny.tflite", labels=["a", "b"])
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        cv2.imwrite(str(calib / f"{i}.png"), cv2.resize(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8), (40, 32)))
-    return tmp_path / "tiny.tflite", calib
+    return tiny_ssd_file(tmp_path)
 
 
 def test_structured_writes_a_smaller_int8_model_and_reports_phases(tiny_model, tmp_path):

@@ -1,27 +1,26 @@
 """Feeding an encoder process: a frame is written whole, or the reason it was not is named."""
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
 
 import pytest
 
-from edgedet.sinks.pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, write_all
+from edgedet.sinks.pipe import PipeCancelled, PipeClosed, PipeStalled, end_process, feed, write_all
 
 FRAME = bytes(1 << 20)  # larger than a pipe's buffer
 
 
 def child(*cmd):
     proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    os.set_blocking(proc.stdin.fileno(), False)
+    feed(proc, pipe_size=1 << 16)
     return proc
 
 
 def test_a_reading_child_gets_every_byte():
     proc = subprocess.Popen(["wc", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    os.set_blocking(proc.stdin.fileno(), False)
+    feed(proc)
     write_all(proc, (b"head", memoryview(FRAME)), timeout=10)
     proc.stdin.close()
     assert int(proc.stdout.read()) == len(FRAME) + 4

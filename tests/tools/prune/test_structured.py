@@ -159,21 +159,29 @@ def test_export_float_ends_in_the_detection_op(tmp_path):
     assert opts["num_classes"] == 2 and opts["max_detections"] == 5
 
 
-def test_prune_structured_end_to_end(tmp_path):
-    """A float SSD file in, an int8 file with fewer channels out, proxies and timings reported."""
+def tiny_ssd_file(folder):
+    """``tiny_ssd`` written as a float SSD file with the detection op, and a folder of 10 calibration images."""
     import cv2
 
-    from edgedet.tools.prune.structured import DistillOptions, StructuredOptions, export_float, prune_structured
+    from edgedet.tools.prune.structured import export_float
 
     g = tiny_ssd()
     g.detection_options = {"num_classes": 2, "max_detections": 5, "nms_iou_threshold": 0.5}
     g.anchors = np.tile(np.array([[0.5, 0.5, 0.2, 0.2]], np.float32), (32, 1))
-    export_float(g, tmp_path / "tiny.tflite", labels=["a", "b"])
-    calib = tmp_path / "calib"
+    export_float(g, folder / "tiny.tflite", labels=["a", "b"])
+    calib = folder / "calib"
     calib.mkdir()
     rng = np.random.default_rng(0)
     for i in range(10):
         cv2.imwrite(str(calib / f"{i}.png"), cv2.resize(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8), (40, 32)))
+    return folder / "tiny.tflite", calib
+
+
+def test_prune_structured_end_to_end(tmp_path):
+    """A float SSD file in, an int8 file with fewer channels out, proxies and timings reported."""
+    from edgedet.tools.prune.structured import DistillOptions, StructuredOptions, prune_structured
+
+    _, calib = tiny_ssd_file(tmp_path)
     opts = StructuredOptions(ratio=0.5, first=1, last=2, multiple=4, pool=10,
                              distill=DistillOptions(steps=4, batch=2))
     report = prune_structured(tmp_path / "tiny.tflite", tmp_path / "pruned.tflite", [calib], opts)
