@@ -287,12 +287,14 @@ class TrackingStage:
         tracker = self.tracker
         tracked = tracker.update(result.detections, t, frame=frame.image)
         ended = tracker.ended_ids
+        seen = tracked.track_ids[tracked.track_ids >= 0]
+        filtered = tracker.boxes() if self.has_zones or len(seen) else tracked[:0]  # every live track's box
         where = None
         if self.has_zones:
             if self.counter is None:
                 zones, lines, anchor = self._zones
                 self.counter = ZoneCounter(zones, lines, (frame.width, frame.height), anchor)
-            where = self.counter.update(tracker.boxes(), ended=ended)
+            where = self.counter.update(filtered, ended=ended)
             result.line_counts = self.counter.line_counts()
         result.objects = self.events.update(tracked, t, ended=ended, frame=frame.image, zones=where,
                                             first_seen=tracker.first_seen(tracked.track_ids))
@@ -303,8 +305,6 @@ class TrackingStage:
         self.alive = len(tracker)
         # the filtered boxes of the objects seen, at least STILL_SIDE of the frame: detector jitter is no motion
         side = self.STILL_SIDE * max(frame.width, frame.height)
-        seen = tracked.track_ids[tracked.track_ids >= 0]
-        filtered = tracker.boxes() if len(seen) else tracked[:0]
         self.moving = self._movement(filtered[np.isin(filtered.track_ids, seen)], ended, t, side)
         unconfirmed = (tracked.track_ids < 0) & (tracked.scores >= tracker.settings.new_track_score)
         self.pending_frames += int(unconfirmed.any())
