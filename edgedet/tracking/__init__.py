@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from .appearance import colour_histograms, hellinger
-from .bytetrack import ByteTracker, TrackerSettings, group_boxes
+from .bytetrack import ByteTracker, TrackerSettings, group_boxes, part_boxes
 from .events import EventSettings, ObjectEvent, ObjectEvents, Snapshot
 from .kalman import MotionNoise
 from .matching import greedy_match, hungarian_match
@@ -40,5 +40,6 @@ __all__ = [
     "group_boxes",
     "hellinger",
     "hungarian_match",
+    "part_boxes",
     "points_in_polygon",
 ]

@@ -14,7 +14,7 @@ distance and a running average of rows (``ByteTracker``'s memory of an object) i
 
 In a grey picture (or a grey object) every pixel has zero saturation: all its samples fall in one
 bin, every box looks alike and the distance is 0, i.e. appearance tells nothing apart and never
-vetoes a match.
+vetoes a match; ``colourless`` finds such boxes, which must not be recognised by their colours.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["APPEARANCE_SIZE", "colour_histograms", "hellinger"]
+__all__ = ["APPEARANCE_SIZE", "colour_histograms", "colourless", "hellinger"]
 
 HUE_BINS, SAT_BINS = 8, 8
 PARTS = 2  # upper and lower half
@@ -77,3 +77,12 @@ def hellinger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     d = np.sqrt(np.maximum(d2, 0.0) * 0.5)
     return np.where(np.isnan(d), 0.0, np.minimum(d, 1.0)).astype(np.float32)
+
+
+def colourless(rows: np.ndarray, share: float = 0.99) -> np.ndarray:
+    """Mask of the rows from ``colour_histograms`` with at least ``share`` of their samples without colour
+    (saturation in the lowest bin): a grey picture or a grey object, whose colours tell nothing; and rows of
+    NaN (never seen in a picture)."""
+    rows = np.asarray(rows, np.float32)
+    grey = (rows[:, ::SAT_BINS] ** 2).sum(axis=1)  # squares of the rows are the shares of the samples
+    return ~(grey < share * (rows**2).sum(axis=1))

@@ -3,17 +3,23 @@
 Each frame:
 
 0. boxes that are no object are set aside: a box holding ``group_size`` or more smaller boxes of its
-   class (the detector's box around a group, or around the whole picture) and, when the frame is
-   given, a box covering more than ``max_area`` of it;
+   class (the detector's box around a group, or around the whole picture), a box lying mostly
+   (``part_share`` of its area) inside a bigger box of its class (the detector's box around a
+   person's upper body beside the one around the whole person) and, when the frame is given, a box
+   covering more than ``max_area`` of it;
 1. every track's box moves ahead to time ``t`` (constant-velocity Kalman filter, ``kalman.py``); a
    track not seen at the previous update keeps its size (as ByteTrack's filter does), so a box that
    was shrinking does not vanish while it coasts;
 2. confident detections (score >= ``high_score``) are assigned to the confirmed tracks by IoU with
-   their predicted boxes (at least ``min_iou``), then to the tentative tracks (``min_iou_tentative``).
-   A lost track (confirmed, not seen at the previous update) takes a detection only if it looks like
-   the object it followed (``appearance_gate``, when frames are given) and if the pairing is clear:
-   no other detection nearly as good for it and no other track nearly as good for that detection
-   (``ambiguity``); otherwise it stays lost a little longer rather than continue on someone else;
+   their predicted boxes (at least ``min_iou``), then, when frames are given, to the lost tracks
+   still unmatched by their colours (re-identification, ``reid_gate``) if within reach of where
+   each was last detected (``reid_speed``), then to the tentative tracks (``min_iou_tentative``).
+   A track takes no detection that looks unlike the object it followed (``active_gate``,
+   ``appearance_gate`` for a lost track, i.e. one not seen at the previous update), and a lost
+   track only a clear pairing: no other detection nearly as good for it and no other track nearly
+   as good for that detection (``ambiguity``); otherwise it stays lost a little longer rather than
+   continue on someone else. A lost track's predicted box drifts when its speed was off (from
+   boxes spanning two people before it was lost): its colours find it again;
 3. weaker detections (``low_score`` <= score < ``high_score``) are assigned to the confirmed tracks
    seen at the previous update and still unmatched (``min_iou_low``): a partly hidden person whose
    score dips keeps their track;
@@ -44,11 +50,11 @@ import numpy as np
 from ..detections import Detections
 from ..errors import ConfigError
 from ..postprocess.nms import box_areas, iou_matrix
-from .appearance import APPEARANCE_SIZE, colour_histograms, hellinger
+from .appearance import APPEARANCE_SIZE, colour_histograms, colourless, hellinger
 from .kalman import BoxFilter, MotionNoise
 from .matching import MatchFn, greedy_match, veto_ambiguous
 
-__all__ = ["ByteTracker", "TrackerSettings", "group_boxes"]
+__all__ = ["ByteTracker", "TrackerSettings", "group_boxes", "part_boxes"]
 
 _NO_PAIRS = (np.zeros(0, np.intp), np.zeros(0, np.intp))
 
@@ -72,11 +78,20 @@ class TrackerSettings:
     ``appearance_gate`` (Hellinger distance of colours, 0..1; 0 turns appearance off): 0.55 is the
     5th percentile of the distances between two different people in the same frame of the PETS09
     street scene, where the same person one frame apart stays below 0.51 in 99 cases out of 100;
-    ``appearance_memory`` 0.9 is the weight of the old colours in a track's running average
-    (JDE / FairMOT's). ``ambiguity`` 0.8 is Lowe's ratio test: a lost track's best pairing must
-    beat the next best by more than 1 / 0.8 in IoU (0 turns the test off). ``group_size`` 2: a box
-    holding two smaller boxes of its class (each at least 90% inside it and at most half its area)
-    is a group or whole-picture box (0 keeps them). ``max_area`` (a fraction of the frame, 1 keeps
+    ``active_gate`` 0.6 is the 99th percentile of the distance of a track's colours to its own
+    person's next detection there (it rejects 58% of the detections of people nearby; 0: no limit);
+    ``reid_gate`` 0.4 is the 5th percentile of the distance to the detections of people nearby (0
+    turns re-identification off), ``reid_speed`` 1 height per second a walker's pace (1.4 m/s for
+    1.7 m) beyond the track's own speed; ``appearance_memory`` 0.9 is the weight of the old colours
+    in a track's running average (JDE / FairMOT's). ``ambiguity`` 0.8 is Lowe's ratio test: a lost
+    track's best pairing must beat the next best by more than 1 / 0.8 in IoU or colour likeness (0
+    turns the test off). ``group_size`` 2: a box holding two smaller boxes of its class (each at
+    least 90% inside it and at most half its area) is a group or whole-picture box (0 keeps them).
+    ``part_share`` 0.7: a box with 70% of its area inside a bigger box of its class (at most four
+    times its area) is part of that object, e.g. its upper body: non-maximum suppression by IoU
+    keeps such a pair (a box inside one twice its size has IoU 0.5), and as a box of its own it
+    starts a second track on the object or pulls the object's track off it (0 keeps them; on PETS09,
+    0.6 to 0.75 behave alike, 0.9 changes nothing). ``max_area`` (a fraction of the frame, 1 keeps
     all) is off by default: a person close to the camera covers over half the picture in one COCO
     photo of five.
     """
@@ -93,16 +108,21 @@ class TrackerSettings:
     min_iou_low: float = 0.5
     resume_gate: float = 9.21
     appearance_gate: float = 0.55
+    active_gate: float = 0.6
     appearance_memory: float = 0.9
+    reid_gate: float = 0.4
+    reid_speed: float = 1.0
     ambiguity: float = 0.8
     group_size: int = 2
+    part_share: float = 0.7
     max_area: float = 1.0
     per_class: bool = True
     noise: MotionNoise = MotionNoise()
 
     def __post_init__(self) -> None:
         for name in ("high_score", "low_score", "new_track_score", "min_iou", "min_iou_tentative", "min_iou_low",
-                     "appearance_gate", "appearance_memory", "ambiguity", "max_area"):
+                     "appearance_gate", "active_gate", "appearance_memory", "reid_gate", "ambiguity", "part_share",
+                     "max_area"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"tracking.{name}: must be within 0..1, got {value}")
@@ -119,12 +139,33 @@ class TrackerSettings:
             raise ConfigError(f"tracking.confirm_gap_s: must be >= 0, got {self.confirm_gap_s}")
         if not self.max_unseen_s >= 0.0:
             raise ConfigError(f"tracking.max_unseen_s: must be >= 0, got {self.max_unseen_s}")
+        if not self.reid_speed >= 0.0:
+            raise ConfigError(f"tracking.reid_speed: must be >= 0, got {self.reid_speed}")
         if not self.resume_gate >= 0.0:
             raise ConfigError(f"tracking.resume_gate: must be >= 0, got {self.resume_gate}")
         if not self.max_area > 0.0:
             raise ConfigError(f"tracking.max_area: must be above 0 (a fraction of the frame), got {self.max_area}")
         if self.group_size < 0:
             raise ConfigError(f"tracking.group_size: must be >= 0, got {self.group_size}")
+
+
+def _overlaps(xyxy: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Box areas and the intersections ``[i, j]`` of boxes of one class (0 across classes)."""
+    box = np.asarray(xyxy, np.float64)
+    area = box_areas(box)
+    inter = np.minimum(box[:, None, 2:], box[None, :, 2:]) - np.maximum(box[:, None, :2], box[None, :, :2])
+    inter = np.clip(inter, 0.0, None).prod(axis=2)
+    inter[class_ids[:, None] != class_ids[None, :]] = 0.0
+    return area, inter
+
+
+def _holds(area: np.ndarray, inter: np.ndarray, group_size: int) -> np.ndarray:
+    holds = (inter >= 0.9 * area[None, :]) & (area[None, :] <= 0.5 * area[:, None]) & (area[None, :] > 0)
+    return holds.sum(axis=1) >= group_size  # [outer, inner]
+
+
+def _part_of(area: np.ndarray, inter: np.ndarray, share: float) -> np.ndarray:
+    return (inter >= share * area[:, None]) & (area[:, None] < area[None, :]) & (4.0 * area[:, None] >= area[None, :])
 
 
 def group_boxes(xyxy: np.ndarray, class_ids: np.ndarray, group_size: int = 2) -> np.ndarray:
@@ -134,13 +175,18 @@ def group_boxes(xyxy: np.ndarray, class_ids: np.ndarray, group_size: int = 2) ->
     its area: the detector's box around a group of people, or around the whole picture, which is
     no object itself. Duplicate boxes of one object (about the same size) never hold each other.
     """
-    box = np.asarray(xyxy, np.float64)
-    area = box_areas(box)
-    inter = np.minimum(box[:, None, 2:], box[None, :, 2:]) - np.maximum(box[:, None, :2], box[None, :, :2])
-    inter = np.clip(inter, 0.0, None).prod(axis=2)  # [outer, inner]
-    holds = (inter >= 0.9 * area[None, :]) & (area[None, :] <= 0.5 * area[:, None]) & (area[None, :] > 0)
-    holds &= class_ids[:, None] == class_ids[None, :]
-    return holds.sum(axis=1) >= group_size
+    return _holds(*_overlaps(xyxy, np.asarray(class_ids)), group_size)
+
+
+def part_boxes(xyxy: np.ndarray, class_ids: np.ndarray, share: float = 0.7) -> np.ndarray:
+    """Mask of the boxes with at least ``share`` of their area inside a bigger box of their class.
+
+    The bigger box is at most four times the area of the part (a group or whole-picture box around
+    it is ``group_boxes``' business): the detector's box around a person's upper body next to its
+    box around the whole person, which non-maximum suppression by IoU keeps (IoU = the area ratio).
+    A person hidden that much behind a nearer one goes too, until they come out.
+    """
+    return _part_of(*_overlaps(xyxy, np.asarray(class_ids)), share).any(axis=1)
 
 
 class _Tracks:
@@ -154,6 +200,7 @@ class _Tracks:
         self.first_seen = np.zeros(0, np.float64)
         self.last_seen = np.zeros(0, np.float64)
         self.looks = np.zeros((0, APPEARANCE_SIZE), np.float32)  # running average of colours (NaN: none)
+        self.seen_at = np.zeros((0, 2), np.float64)  # centre of the last detection
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -168,12 +215,14 @@ class _Tracks:
         self.last_seen = np.concatenate([self.last_seen, np.full(n, t)])
         looks = np.full((n, APPEARANCE_SIZE), np.nan, np.float32) if looks is None else looks
         self.looks = np.concatenate([self.looks, looks])
+        self.seen_at = np.concatenate([self.seen_at, 0.5 * (xyxy[:, :2] + xyxy[:, 2:])])
 
     def keep(self, mask: np.ndarray) -> None:
         self.filter.keep(mask)
         self.ids, self.class_ids, self.hits = self.ids[mask], self.class_ids[mask], self.hits[mask]
         self.first_seen, self.last_seen = self.first_seen[mask], self.last_seen[mask]
         self.looks = self.looks[mask]
+        self.seen_at = self.seen_at[mask]
 
     def remember(self, rows: np.ndarray, looks: np.ndarray, memory: float) -> None:
         """Fold the colours of this frame's detections into the running average of tracks ``rows``."""
@@ -226,6 +275,7 @@ class ByteTracker:
         self._t = t if self._t is None else max(t, self._t)
         rows, cols = self._associate(detections, looks)
         tracks.filter.correct(rows, detections.xyxy[cols])
+        tracks.seen_at[rows] = 0.5 * (detections.xyxy[cols, :2] + detections.xyxy[cols, 2:])
         if looks is not None:
             tracks.remember(rows, looks[cols], s.appearance_memory)
         tracks.hits[rows] += 1
@@ -241,11 +291,15 @@ class ByteTracker:
         return tracked if keep.all() else tracked[keep]
 
     def _screen(self, dets: Detections, frame: np.ndarray | None) -> Detections:
-        """The detections without group boxes and (with a frame) boxes over ``max_area`` of it."""
+        """The detections without group boxes, parts of boxes and (with a frame) boxes over ``max_area`` of it."""
         s = self.settings
         keep = np.ones(len(dets), bool)
-        if s.group_size > 0 and len(dets) > s.group_size:
-            keep &= ~group_boxes(dets.xyxy, dets.class_ids, s.group_size)
+        if len(dets) > 1 and (s.group_size > 0 or s.part_share > 0):
+            area, inter = _overlaps(dets.xyxy, dets.class_ids)
+            if s.group_size > 0 and len(dets) > s.group_size:
+                keep &= ~_holds(area, inter, s.group_size)
+            if s.part_share > 0:  # parts of the boxes kept so far
+                keep &= ~(_part_of(area, inter, s.part_share) & keep[None, :]).any(axis=1)
         if s.max_area < 1.0 and frame is not None:
             keep &= dets.area <= s.max_area * frame.shape[0] * frame.shape[1]
         return dets if keep.all() else dets[keep]
@@ -262,30 +316,53 @@ class ByteTracker:
         confirmed = tracks.ids >= 0
         active = confirmed & (tracks.last_seen >= self._t_prev)
         lost = confirmed & ~active
-        if looks is not None and lost.any():  # a lost track never continues on someone who looks different
-            unlike = hellinger(tracks.looks[lost], looks) > s.appearance_gate
-            iou[lost] = np.where(unlike, -1.0, iou[lost])
+        unlike = np.zeros(iou.shape, np.float32)  # colour distances of the confirmed tracks
+        if looks is not None:  # a track never continues on someone who looks different
+            unlike[confirmed] = hellinger(tracks.looks[confirmed], looks)
+            gate = np.where(lost, s.appearance_gate, s.active_gate if s.active_gate > 0 else np.inf)
+            iou[unlike > gate[:, None]] = -1.0
         high = dets.scores >= s.high_score
         low = ~high & (dets.scores >= s.low_score)
-        passes = ((confirmed, high, s.min_iou), (~confirmed, high, s.min_iou_tentative), (active, low, s.min_iou_low))
+        reid = looks is not None and s.reid_gate > 0
+        passes = ((False, confirmed, high, s.min_iou), (True, lost & reid, high, 1.0 - s.reid_gate),
+                  (False, ~confirmed, high, s.min_iou_tentative), (False, active, low, s.min_iou_low))
+        free_t, free_d = np.ones(len(tracks), bool), np.ones(len(dets), bool)
         rows_out, cols_out = [], []
-        for track_ok, det_ok, min_iou in passes:
-            r = np.flatnonzero(track_ok)
-            c = np.flatnonzero(det_ok)
+        for by_looks, track_ok, det_ok, min_sim in passes:
+            r = np.flatnonzero(track_ok & free_t)
+            c = np.flatnonzero(det_ok & free_d)
             if not len(r) or not len(c):
                 continue
-            sim = iou[np.ix_(r, c)]
+            sim = self._reid_similarity(r, c, dets, unlike, looks) if by_looks else iou[np.ix_(r, c)]
             if s.ambiguity > 0 and lost[r].any():
-                sim = veto_ambiguous(sim, min_iou, s.ambiguity, lost[r])
-            mr, mc = self._match(sim, min_iou)
+                sim = veto_ambiguous(sim, min_sim, s.ambiguity, lost[r])
+            mr, mc = self._match(sim, min_sim)
             r, c = r[mr], c[mc]
             rows_out.append(r)
             cols_out.append(c)
-            iou[r, :] = -1.0  # a matched track and detection take no part in later passes
-            iou[:, c] = -1.0
+            free_t[r] = False  # a matched track and detection take no part in later passes
+            free_d[c] = False
         if not rows_out:
             return _NO_PAIRS
         return np.concatenate(rows_out), np.concatenate(cols_out)
+
+    def _reid_similarity(self, rows: np.ndarray, cols: np.ndarray, dets: Detections, unlike: np.ndarray,
+                         looks: np.ndarray) -> np.ndarray:
+        """1 - colour distance ``unlike`` of lost tracks ``rows`` to detections ``cols``, -1 where the detection
+        is out of reach (see ``reid_gate``), of another class, or where either is grey (colours tell nothing)."""
+        s = self.settings
+        tracks = self._tracks
+        st = tracks.filter.state[rows]
+        height = np.maximum(st[:, 0, 3], 1.0)
+        unseen = self._t - tracks.last_seen[rows]
+        reach = 0.5 * height + (np.hypot(st[:, 1, 0], st[:, 1, 1]) + s.reid_speed * height) * unseen
+        centres = 0.5 * (dets.xyxy[cols, :2] + dets.xyxy[cols, 2:])
+        step = centres[None, :, :] - tracks.seen_at[rows][:, None, :]
+        ok = np.hypot(step[..., 0], step[..., 1]) <= reach[:, None]
+        ok &= ~colourless(tracks.looks[rows])[:, None] & ~colourless(looks[cols])[None, :]
+        if s.per_class:
+            ok &= tracks.class_ids[rows][:, None] == dets.class_ids[cols][None, :]
+        return np.where(ok, 1.0 - unlike[np.ix_(rows, cols)], -1.0)
 
     def _settle(self, matched: np.ndarray, t: float) -> np.ndarray:
         """Confirm, resume, drop and end tracks after this frame's matches; the id of each row before."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgedet.tracking.appearance import APPEARANCE_SIZE, colour_histograms, hellinger
+from edgedet.tracking.appearance import APPEARANCE_SIZE, colour_histograms, colourless, hellinger
 
 RED, BLUE, GREEN, WHITE = (0, 0, 200), (200, 0, 0), (0, 160, 0), (230, 230, 230)
 
@@ -42,6 +42,14 @@ def test_grey_pictures_and_unseen_objects_veto_nothing():
     assert hellinger(looks, looks).max() == 0.0
     unseen = np.full((1, APPEARANCE_SIZE), np.nan, np.float32)
     assert hellinger(unseen, looks).tolist() == [[0.0, 0.0]]
+
+
+def test_grey_pictures_and_grey_clothes_are_colourless():
+    grey = scene([((10, 10), WHITE, (40, 40, 40)), ((200, 50), RED, BLUE)])
+    looks = colour_histograms(grey, boxes((10, 10), (200, 50)))
+    assert colourless(looks).tolist() == [True, False]
+    assert colourless(colour_histograms(grey[..., 0], boxes((200, 50)))).tolist() == [True]  # a grey picture
+    assert colourless(np.full((1, APPEARANCE_SIZE), np.nan, np.float32)).tolist() == [True]  # never seen
 
 
 def test_no_boxes_and_boxes_outside_the_picture():

@@ -7,7 +7,7 @@ import pytest
 
 from edgedet.detections import Detections
 from edgedet.errors import ConfigError
-from edgedet.tracking import ByteTracker, TrackerSettings
+from edgedet.tracking import ByteTracker, TrackerSettings, part_boxes
 from edgedet.tracking.matching import greedy_match, hungarian_match
 
 PERSON, CAR = 0, 2
@@ -225,6 +225,7 @@ def dressed(people, size=(240, 640)) -> np.ndarray:
 
 
 RED, BLUE, GREEN, YELLOW = (0, 0, 200), (200, 0, 0), (0, 160, 0), (0, 220, 220)
+GREY, WHITE = (60, 60, 60), (230, 230, 230)
 
 
 def lost_then_someone_at_its_place(with_frames: bool, newcomer=(GREEN, YELLOW)) -> list[tuple[int, list[int]]]:
@@ -259,6 +260,49 @@ def test_a_lost_object_back_in_the_same_clothes_keeps_its_id():
     assert {i for _, row in seen for i in row} == {1}
 
 
+def back_where_it_stopped(with_frames: bool, comes_back=(RED, BLUE), dressed_as=(RED, BLUE), **settings) -> list[int]:
+    """A person in red and blue walks right, stops behind something for a second and comes out where they
+    stopped, far behind where the tracker predicts them (no overlap); their ids from then on."""
+    tracker = ByteTracker(TrackerSettings(**settings))
+    seen = []
+    for i in range(40):
+        x = 10 + 8 * min(i, 20)
+        people = [] if 20 <= i < 30 else [(box(x, 60), *(comes_back if i >= 30 else dressed_as))]
+        out = tracker.update(dets([p[0] for p in people]), i / 10, frame=dressed(people) if with_frames else None)
+        if i >= 30:
+            seen += ids_of(out)
+    return seen
+
+
+def test_a_lost_object_out_of_its_predicted_place_is_found_again_by_its_colours():
+    assert back_where_it_stopped(with_frames=True) == [1] * 10  # at once
+    # without re-identification (or frames) a candidate first, continuing the id once confirmed
+    assert back_where_it_stopped(with_frames=True, reid_gate=0) == [-1, -1] + [1] * 8
+    assert back_where_it_stopped(with_frames=False) == [-1, -1] + [1] * 8
+    assert back_where_it_stopped(with_frames=True, comes_back=(GREEN, YELLOW)) == [-1, -1] + [2] * 8  # someone else
+
+
+def test_grey_objects_are_not_recognised_by_their_colours():
+    grey = back_where_it_stopped(with_frames=True, comes_back=(GREY, WHITE), dressed_as=(GREY, WHITE))
+    assert grey == [-1, -1] + [1] * 8  # as with boxes alone: colours tell nothing
+
+
+def test_a_seen_object_does_not_jump_to_a_neighbour_dressed_differently():
+    # two people side by side; the one in red and blue is missed once, while the detector finds the other one
+    # a little to the left, on the first one's place
+    def run(**settings):
+        tracker = ByteTracker(TrackerSettings(**settings))
+        for i in range(12):
+            people = [(box(100 + 4 * i, 60), RED, BLUE), (box(140 + 4 * i, 60), GREEN, YELLOW)]
+            if i == 11:  # IoU 0.43 with the first one's predicted box, 0.25 with the second's
+                people = [(box(116 + 4 * i, 60), GREEN, YELLOW)]
+            out = tracker.update(dets([p[0] for p in people]), i / 10, frame=dressed(people))
+        return ids_of(out)
+
+    assert run() == [2]  # the person in green and yellow keeps their id
+    assert run(active_gate=0) == [1]  # without the colour limit, the first track takes the nearer box
+
+
 def test_a_lost_object_is_not_handed_to_one_of_two_equally_likely_detections():
     def run(ambiguity: float) -> list[int]:
         tracker = ByteTracker(TrackerSettings(ambiguity=ambiguity))
@@ -282,6 +326,32 @@ def test_a_box_around_a_group_is_neither_tracked_nor_reported():
         assert len(out) == expected and (out.track_ids >= 0).all()
 
 
+def test_a_box_around_part_of_a_person_is_no_second_object():
+    # the detector's second box around the upper body of a walking person, beside the whole person
+    def run(settings):
+        tracker = ByteTracker(settings)
+        for i in range(20):
+            x = 10 + 8 * i
+            whole, torso = box(x, 50), [x + 2, 48, x + 38, 100]  # torso box: 45% of the area, 94% inside
+            out = tracker.update(dets([torso, whole] if i % 2 else [whole, torso], [0.8, 0.7]), i / 10)
+        return out, tracker
+
+    out, tracker = run(TrackerSettings())
+    assert ids_of(out) == [1] and out.xyxy[0, 3] == 150  # the whole person, one object
+    assert len(tracker) == 1
+    out, tracker = run(TrackerSettings(part_share=0))
+    assert len(tracker) == 2  # without the rule, the torso becomes an object of its own
+
+
+def test_people_side_by_side_or_one_behind_the_other_are_not_parts():
+    pair = [box(100, 50), box(130, 50)]  # overlapping by a quarter of their width
+    behind = [box(300, 50), [325, 40, 355, 115]]  # a smaller, farther person, half hidden
+    assert not part_boxes(np.array(pair, float), np.zeros(2, np.int32)).any()
+    assert not part_boxes(np.array(behind, float), np.zeros(2, np.int32)).any()
+    assert part_boxes(np.array([box(0, 0), [5, 0, 35, 60]], float), np.zeros(2, np.int32)).tolist() == [False, True]
+    assert not part_boxes(np.array([box(0, 0), [5, 0, 35, 60]], float), np.array([0, 2], np.int32)).any()
+
+
 def test_a_person_close_to_the_camera_is_tracked_unless_max_area_says_otherwise():
     close = [[20, 10, 600, 470]]  # 86% of a 640x480 picture, holding nobody else
     frame = np.zeros((480, 640, 3), np.uint8)
@@ -295,7 +365,8 @@ def test_a_person_close_to_the_camera_is_tracked_unless_max_area_says_otherwise(
 @pytest.mark.parametrize("bad", [
     {"high_score": 1.5}, {"low_score": 0.7}, {"new_track_score": 0.3}, {"min_hits": 0},
     {"max_unseen_s": -1}, {"min_iou": -0.1}, {"resume_gate": -1}, {"appearance_gate": 1.5},
-    {"appearance_memory": -0.1}, {"ambiguity": 2}, {"group_size": -1}, {"max_area": 0},
+    {"appearance_memory": -0.1}, {"ambiguity": 2}, {"group_size": -1}, {"max_area": 0}, {"part_share": 1.5},
+    {"active_gate": 2}, {"reid_gate": -0.1}, {"reid_speed": -1},
 ])
 def test_bad_settings_are_config_errors(bad):
     with pytest.raises(ConfigError, match="tracking."):
