@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..tools.prune import ALLOCATIONS, DEFAULT_SKIP, METHODS, PruneOptions
+from ..tools.prune import ALLOCATIONS, DEFAULT_SKIP, METHODS, PruneOptions, RecoverOptions
 
 
 def _resolve(name_or_path: str) -> Path:
@@ -70,18 +70,22 @@ def _resolve(name_or_path: str) -> Path:
 @click.option("--speedup", type=click.FloatRange(1.0, min_open=True), default=None,
               help="with --structured: remove the fraction predicted (from MACs, fixed share measured on "
                    "SSD MobileNet v1, x86) to give this invoke speed-up over the requantized model, e.g. 1.3")
-@click.option("--distill-steps", type=click.IntRange(0), default=0, show_default=True,
-              help="with --structured: label-free recovery steps against the dense model (8 views "
-                   "each, ~1.5 s a step on 2 busy cores; 400-800 steps gained ~1 point)")
+@click.option("--distill-steps", type=click.IntRange(0), default=None,
+              help="label-free recovery after pruning: steps of 8 crops/flips of the calibration images, the "
+                   "pruned network trained towards the dense one with its zeros held, written back in the "
+                   "source's format; needs TensorFlow (edgedet[convert]); 0 skips it  "
+                   f"[default: {RecoverOptions.steps} with --calibration; --structured: 0]")
 @click.option("--quiet", "-q", is_flag=True, help="no progress messages")
 def command(src, out, sparsity, calibration, num_calib, method, skip, allocation, max_layer_sparsity,
             sequential, threads, do_eval, images, annotations, sensitivity, plot, json_out, quiet, keep=None,
-            structured=False, ratio=None, speedup=None, distill_steps=0):
+            structured=False, ratio=None, speedup=None, distill_steps=None):
     """Prune SRC (a .tflite path or registry name) into OUTPUT.
 
-    Pruned weights are stored as their zero point: the file keeps its size and runs anywhere, and
-    it compresses better (gzip/zstd sizes are reported). Invoke time does not improve on int8
-    XNNPACK, which has no sparse kernels.
+    Weights are zeroed layer by layer with refits; with --calibration the pruned network is then
+    recovered by a short distillation against the dense one (TensorFlow; --distill-steps 0 skips it).
+    Pruned weights are stored as their zero point: the file keeps its size and format and runs
+    anywhere, and it compresses better (gzip/zstd sizes are reported). Invoke time does not improve
+    on int8 XNNPACK, which has no sparse kernels.
 
     --structured (experimental) removes whole channels instead: the int8 output is smaller and
     faster, but loses about 10 points of person AP at 25 % of the channels (see docs/pruning.md).
@@ -100,14 +104,15 @@ def command(src, out, sparsity, calibration, num_calib, method, skip, allocation
             raise ConfigError("--plot needs matplotlib: pip install 'edgedet[prune]' (or drop --plot)")
     src_path = _resolve(src)
     say = None if quiet else (lambda msg: click.echo(f"  {msg}", err=True))
-    if not structured and (ratio is not None or speedup is not None or distill_steps):
-        raise ConfigError("--ratio, --speedup and --distill-steps go with --structured")
+    if not structured and (ratio is not None or speedup is not None):
+        raise ConfigError("--ratio and --speedup go with --structured")
     if structured and (sensitivity or json_out or keep or do_eval or images):
         raise ConfigError("--structured does not take --sensitivity, --json, --keep-classes or --eval: run "
                           "`edgedet eval --compare` (or `edgedet convert --keep-classes`) on its output")
     if structured:
-        _structured(src_path, out, calibration, num_calib, ratio, speedup, distill_steps, say)
+        _structured(src_path, out, calibration, num_calib, ratio, speedup, distill_steps or 0, say)
         return
+    steps = _recovery_steps(distill_steps, calibration, say)
     if keep:
         from ..tools.convert import check_classes
 
@@ -116,14 +121,23 @@ def command(src, out, sparsity, calibration, num_calib, method, skip, allocation
         sparsity=sparsity, method=method, skip=tuple(t for t in skip.split(",") if t.strip()),
         calibration=tuple(calibration), num_calib=num_calib, threads=threads,
         max_layer_sparsity=max_layer_sparsity, sequential=sequential, allocation=allocation, progress=say)
-    report = prune(src_path, out, opts)
+    if steps:
+        from ..tools.prune import prune_and_recover
+
+        report, recovery = prune_and_recover(src_path, out, opts, RecoverOptions(steps=steps))
+    else:
+        report, recovery = prune(src_path, out, opts), None
     if keep:
         from ..tools.convert import keep_classes
 
         click.echo(keep_classes(out, out, keep).format_summary(), err=True)
     click.echo(report.format_table())
+    if recovery is not None:
+        click.echo("\n".join(recovery.format_lines()))
     click.echo(f"wrote {out}")
     data = report.to_dict()
+    if recovery is not None:
+        data["recovery"] = recovery.to_dict()
     if images and annotations:
         from ..tools.prune import map_of
 
@@ -144,6 +158,25 @@ def command(src, out, sparsity, calibration, num_calib, method, skip, allocation
         from ..tflite import write_atomic
 
         write_atomic(json_out, json.dumps(data, indent=2).encode())
+
+
+def _recovery_steps(distill_steps, calibration, say) -> int:
+    """Recovery steps after unstructured pruning (0: none); a one-line error, before any work, when
+    recovery is asked for (or the default) and cannot run."""
+    from ..errors import ConfigError
+    from ..tools.prune import require_tensorflow
+
+    steps = RecoverOptions.steps if distill_steps is None else distill_steps
+    if steps and not calibration:
+        if distill_steps is not None:
+            raise ConfigError("--distill-steps needs --calibration DIR (the images it trains on)")
+        if say:
+            say("no --calibration: no recovery (nothing to train on)")
+        return 0
+    if steps:
+        require_tensorflow("recovery after pruning (the default with --calibration)",
+                           ", or skip it with --distill-steps 0 (larger accuracy loss)")
+    return steps
 
 
 def _structured(src_path: Path, out, calibration, num_calib: int, ratio, speedup, steps: int, say) -> None:

@@ -47,7 +47,7 @@ def test_cli_reconstruct_prunes_pointwise_keeps_person(tmp_path, v1_model, calib
     out = tmp_path / "pruned.tflite"
     report = tmp_path / "report.json"
     r = _run("prune", v1_model, "-o", out, "--sparsity", "0.5", "--calibration", calib_dir,
-             "--num-calib", "16", "--allocation", "uniform", "--json", report, "-q")
+             "--num-calib", "16", "--allocation", "uniform", "--json", report, "--distill-steps", "0", "-q")
     assert r.exit_code == 0, r.output
     assert "overall:" in r.output and "gzip" in r.output
     # zeroed weights keep their place: the file is re-serialized but not smaller
@@ -240,7 +240,7 @@ def test_sensitivity_table_and_plot(tmp_path, v1_model, calib_dir):
     png = tmp_path / "curve.png"
     only_last = "depthwise,conv,FeatureExtractor," + ",".join(f"BoxPredictor_{i}/" for i in range(5))
     r = _run("prune", v1_model, "-o", out, "--sparsity", "0.5", "--calibration", calib_dir,
-             "--num-calib", "8", "--skip", only_last, "--sensitivity", "--plot", png, "-q")
+             "--num-calib", "8", "--skip", only_last, "--sensitivity", "--plot", png, "--distill-steps", "0", "-q")
     assert r.exit_code == 0, r.output
     assert "per-layer sensitivity" in r.output and "BoxPredictor_5/ClassPredictor" in r.output
     assert "magnitude (uniform)" in r.output and "reconstruct (sensitivity)" in r.output

@@ -5,7 +5,8 @@ Loss per image: binary cross-entropy between the student's class scores and the 
 (sigmoid of the logits, every anchor and class), plus the squared error of the box encodings
 weighted by the teacher's best foreground score at each anchor (boxes matter where something is);
 optionally (``feature_weight``) the squared error of each pruned layer's kept channels against the
-same channels of the dense layer, divided by their mean square.
+same channels of the dense layer, divided by their mean square. With ``masks`` (layer -> 0/1 array of
+its kernel's shape) the masked weights are held at zero (a sparse network stays sparse).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from .data import random_view
 from .graph import FloatGraph
-from .net import build_keras, import_tf, pixels_to_input, store_weights
+from .net import build_keras, import_tf, kernel_variable, pixels_to_input, store_weights
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,19 @@ def feature_loss(tf, teacher_feats, student_feats, kept: list):
 
 
 def distill(dense: FloatGraph, pruned: FloatGraph, images: Sequence, options: DistillOptions = DistillOptions(),
-            log=None, keep: dict | None = None) -> tuple[FloatGraph, DistillReport]:
+            log=None, keep: dict | None = None, masks: dict | None = None,
+            checkpoint=None) -> tuple[FloatGraph, DistillReport]:
     """Train ``pruned`` towards ``dense`` on random views of ``images`` (RGB arrays); the trained graph.
-    ``keep`` (pruned layer -> kept dense channel indices) is needed for the feature term."""
+    ``keep`` (pruned layer -> kept dense channel indices) is needed for the feature term; ``masks``
+    (layer -> 0/1 kernel mask) keeps the masked weights at zero; ``checkpoint(step, graph)``, when given,
+    is called every 100 steps with the graph trained so far."""
     tf, keras = import_tf()
     names = tuple(keep) if keep and options.feature_weight > 0 else ()
     kept = [tf.constant(np.asarray(keep[n], np.int32)) for n in names]
     teacher, student = build_keras(dense, features=names), build_keras(pruned, features=names)
     teacher.trainable = False
     opt = keras.optimizers.Adam(options.learning_rate)
+    held = [(kernel_variable(student, n), tf.constant(np.asarray(m, np.float32))) for n, m in (masks or {}).items()]
 
     @tf.function
     def step(x):
@@ -81,6 +86,8 @@ def distill(dense: FloatGraph, pruned: FloatGraph, images: Sequence, options: Di
                 loss += options.feature_weight * feature_loss(tf, t_out[2:], s_out[2:], kept)
         grads = tape.gradient(loss, student.trainable_variables)
         opt.apply_gradients(zip(grads, student.trainable_variables))
+        for var, mask in held:
+            var.assign(var * mask)
         return loss
 
     rng = np.random.default_rng(options.seed)
@@ -95,6 +102,8 @@ def distill(dense: FloatGraph, pruned: FloatGraph, images: Sequence, options: Di
             recent = []
             if log is not None:
                 log(f"step {i + 1}: loss {report.losses[-1][1]:.5f} ({time.perf_counter() - t0:.0f} s)")
+        if checkpoint is not None and (i + 1) % 100 == 0:
+            checkpoint(i + 1, store_weights(student, pruned))
         if time.perf_counter() - t0 > options.max_seconds:
             break
     report.seconds = time.perf_counter() - t0

@@ -167,7 +167,8 @@ def read_graph(path) -> FloatGraph:
         elif name in ("DEQUANTIZE", "QUANTIZE"):  # identities of the float graph
             alias[tensor_name(sg.tensors[op.outputs[0]])] = tensor_name(sg.tensors[op.inputs[0]])
         elif name not in ("LOGISTIC", DETECTION_OP):
-            raise ModelError(f"{path}: op {name} is not supported by structured pruning")
+            raise ModelError(f"{path}: op {name} is not supported (the trainable graph has convolutions, "
+                             "reshapes and concatenations only)")
     for la in layers:
         la.inputs = [_resolve(alias, n) for n in la.inputs]
     inp = sg.tensors[sg.inputs[0]]

@@ -61,6 +61,11 @@ def load_weights(model, graph: FloatGraph) -> None:
             model.get_layer(_keras_name(la.name)).set_weights([la.kernel, la.bias])
 
 
+def kernel_variable(model, name: str):
+    """The kernel variable of the Keras layer built for graph layer ``name``."""
+    return model.get_layer(_keras_name(name)).kernel
+
+
 def store_weights(model, graph: FloatGraph) -> FloatGraph:
     """A copy of ``graph`` carrying ``model``'s (trained) kernels and biases."""
     out = graph.copy()
