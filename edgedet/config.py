@@ -403,6 +403,9 @@ class MotionConfig:
                              help="run the model at least this often (seconds) without motion; below "
                                   "tracking.max_unseen_s, so objects standing still are not lost")
     pixel_delta: int = opt(25, min=1, max=255, help="grey level change that counts a pixel as moving")
+    regions: int = opt(0, "--motion-regions", min=0, max=8,
+                       help="also run the model on up to N model-sized squares of the frame around motion, so "
+                            "small, far objects are found (frames at least twice the model input); 0: off")
 
 
 @dataclass
@@ -550,6 +553,8 @@ def _zones_need_tracking(cfg: Config) -> None:
         raise ConfigError("zones: zones and lines count tracked objects; remove --no-tracking")
     if (cfg.output.object_events or cfg.output.snapshots) and not cfg.tracking.enabled:
         raise ConfigError("output.object_events: object events need tracking; remove --no-tracking")
+    if cfg.motion.regions and not cfg.motion.enabled:
+        raise ConfigError("motion.regions: regions are placed around motion; add --motion")
     if cfg.motion.enabled and cfg.tracking.enabled and cfg.motion.keepalive_s >= cfg.tracking.max_unseen_s:
         raise ConfigError(f"motion.keepalive_s: {cfg.motion.keepalive_s:g} s must be below tracking.max_unseen_s "
                           f"({cfg.tracking.max_unseen_s:g} s), or objects standing still end between two looks")

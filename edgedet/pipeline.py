@@ -59,6 +59,7 @@ from .frame import Frame, Result
 from .motion import MotionGate, MotionSettings
 from .postprocess.nms import iou_matrix
 from .preprocess import Prepared
+from .regions import merge_regions, region_side
 from .sinks.base import Sink, SinkContext
 from .sinks.overlay import Overlay
 from .sinks.window import StopRequested
@@ -151,6 +152,8 @@ class _Captured:
     preprocess_ms: float = 0.0
     buffer: Optional[np.ndarray] = None  # the pool's array holding the prepared input, until invoked
     skip: bool = False  # the motion gate let it pass without the model
+    regions: Optional[np.ndarray] = None  # [K, 4] crops of the frame the model also runs on (edgedet.regions)
+    parts: list = dataclasses.field(default_factory=list)  # the regions prepared ahead: (Prepared, buffer)
 
 
 def _model_input(frame: Frame) -> tuple[np.ndarray, str, Optional[tuple[int, int]]]:
@@ -170,6 +173,8 @@ class _Work:
     prepared: Optional[Prepared]  # None with raw: the model did not run (motion gate)
     raw: Optional[Inferred]
     timings: dict
+    regions: Optional[np.ndarray] = None  # the crops of ``parts``, in frame pixels
+    parts: Sequence[tuple[Prepared, Inferred]] = ()  # each region's input mapping and raw outputs
 
 
 class _InputPool:
@@ -366,9 +371,13 @@ class Pipeline:
     ``tracking`` (a ``TrackingStage``) tracks the detections after decoding; sinks with an
     ``on_objects(events)`` method get the object events of each frame, and at the end of the run
     the ``end`` of every object still alive. ``motion`` (a ``MotionGate``) decides in the capture
-    thread whether the model runs on a frame; skipped frames still go through the tracker (with no
-    detections, so tracks end on time) and reach the sinks. ``media_time`` (default: when frames
-    are not dropped) times tracks by the frame index and the source's fps instead of the clock.
+    thread whether the model runs on a frame; skipped frames go from the capture thread straight to the
+    decode thread (no inference worker wakes for them; when frames may be dropped, only while no
+    frame is being inferred), still go through the tracker (with no detections, so tracks end on
+    time) and reach the sinks in capture order. With ``motion.settings.regions`` the model also runs
+    on squares of the frame around the motion (``edgedet.regions``), merged into one set of boxes.
+    ``media_time`` (default: when frames are not dropped) times tracks by the frame index and the
+    source's fps instead of the clock.
     """
 
     def __init__(self, source: Source, detector: Detector, sinks: Sequence[Sink], *, drop: bool,
@@ -421,9 +430,17 @@ class Pipeline:
         self.workers, self.threads_per_worker = plan_workers(self.threads, workers, self.drop)
         self._infer_detectors: list[Detector] = []
         self._infer_running = 0
+        self._in_inference = 0  # frames sent to the workers and not yet handed on to the decode thread
+        self._emitted = 0  # frames the decode thread handed on to the output
+        # frames between capture and output: as many as wait for or in the workers, so that the motion gate
+        # runs no further ahead of the tracker's news (busy, pending) than when every frame went through them
+        self._max_in_flight = getattr(self.to_infer, "maxsize", 1) + self.workers + 1
+        self._flight = threading.Condition()
+        self._capture_waits = False
         self._infer_lock = threading.Lock()
         # frames prepared ahead: in the queue, in each worker, and the one being prepared
-        self._inputs = _InputPool(getattr(self.to_infer, "maxsize", 1) + self.workers + 1)
+        per_frame = 1 + (motion.settings.regions if motion is not None else 0)  # the frame and its regions
+        self._inputs = _InputPool((getattr(self.to_infer, "maxsize", 1) + self.workers + 1) * per_frame)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _interpreters(self) -> list[Detector]:
@@ -623,38 +640,96 @@ class Pipeline:
                 stats.captured += 1
                 item = _Captured(frame, stats.captured - 1)
                 if self.motion is not None:
-                    item.skip = not self._gate(frame)
+                    self._gate(item)
                 if early and not item.skip:
                     t1 = clock()
-                    prepared = det.prepare(*_model_input(frame))
-                    # the detector reuses its input array: keep a copy per frame until it is invoked
-                    buf = self._inputs.take(prepared.tensor, self._stop)
-                    if buf is None:
+                    if not self._prepare_item(det, item):
                         break
-                    np.copyto(buf, prepared.tensor)
-                    item.buffer = buf
-                    item.prepared = dataclasses.replace(prepared, tensor=buf)
                     item.preprocess_ms = (clock() - t1) * 1000.0
-                if not out.put(item):
+                if not self._send(item):
                     break
                 if limit is not None and stats.captured >= limit:
                     break
         finally:
             out.close()
 
-    def _gate(self, frame: Frame) -> bool:
-        """The motion gate's decision for ``frame`` (run the model?), timed as the ``motion`` stage."""
+    def _send(self, item: _Captured) -> bool:
+        """``item`` to the inference workers, or a frame the gate skips straight to the decode thread (it
+        wakes no worker): always when every frame is processed (the decode thread puts frames back in
+        capture order), when frames may be dropped only while no frame is in the workers' hands
+        (nothing it could overtake). False once the run is ending."""
+        if not self.drop and not self._room(item.seq):
+            return False
+        if item.skip and (not self.drop or self._in_inference == 0):
+            return self.to_decode.put(_Work(item.frame, item.seq, None, None, {}))
+        out = self.to_infer
+        with self._infer_lock:
+            self._in_inference += 1
+        dropped = out.dropped
+        if not out.put(item):
+            return False
+        if out.dropped != dropped:  # the newest-only slot replaced a frame no worker took
+            self._left_inference()
+        return True
+
+    def _room(self, seq: int) -> bool:
+        """Wait while ``max_in_flight`` frames are between capture and the decode thread's output (frames
+        sent past a slow inference wait in the decode thread); False when the run was aborted."""
+        if seq - self._emitted < self._max_in_flight:
+            return True
+        with self._flight:
+            self._capture_waits = True
+            while seq - self._emitted >= self._max_in_flight and not self.to_decode.closed:
+                self._flight.wait(0.1)
+            self._capture_waits = False
+        return not self.to_decode.closed
+
+    def _left_inference(self) -> None:
+        with self._infer_lock:
+            self._in_inference -= 1
+
+    def _prepare_ahead(self, det: Detector, image: np.ndarray, fmt: str = "BGR",
+                       frame_size: Optional[tuple[int, int]] = None) -> Optional[tuple[Prepared, np.ndarray]]:
+        """``image`` prepared into an array of the pool (the detector reuses its input array: one copy
+        per input until it is invoked); None when stopped while waiting for a free array."""
+        prepared = det.prepare(image, fmt, frame_size)
+        buf = self._inputs.take(prepared.tensor, self._stop)
+        if buf is None:
+            return None
+        np.copyto(buf, prepared.tensor)
+        return dataclasses.replace(prepared, tensor=buf), buf
+
+    def _prepare_item(self, det: Detector, item: _Captured) -> bool:
+        """Prepare ``item``'s model input and its regions' ahead of inference; False when stopped."""
+        ahead = self._prepare_ahead(det, *_model_input(item.frame))
+        if ahead is None:
+            return False
+        item.prepared, item.buffer = ahead
+        for x1, y1, x2, y2 in item.regions if item.regions is not None else ():
+            part = self._prepare_ahead(det, item.frame.image[y1:y2, x1:x2])
+            if part is None:  # stopped: the regions prepared so far
+                item.regions = item.regions[:len(item.parts)]
+                return False
+            item.parts.append(part)
+        return True
+
+    def _gate(self, item: _Captured) -> None:
+        """The motion gate's decision for ``item`` (``skip`` the model?) and its regions, timed as the
+        ``motion`` stage."""
         assert self.motion is not None
         t0 = time.perf_counter()
-        tracking = self.tracking
+        frame, tracking, motion = item.frame, self.tracking, self.motion
         t = tracking.clock(frame) if tracking is not None else frame.timestamp
         busy = pending = False
         if tracking is not None:  # what the decode thread last knew (a few frames behind)
             busy, seen = tracking.moving > 0, tracking.pending_frames
             pending, self._pending_seen = seen != self._pending_seen, seen
-        run = self.motion.wants(frame.image, t, busy=busy, pending=pending)
+        item.skip = not motion.wants(frame.image, t, busy=busy, pending=pending)
+        if not item.skip and motion.settings.regions:
+            size = (frame.width, frame.height)
+            side = region_side(tuple(self.detector.input_size), size)
+            item.regions = motion.regions(size, side) if side else None
         self.stats.add("motion", (time.perf_counter() - t0) * 1000.0)
-        return run
 
     def _infer_loop(self, det) -> None:
         stats, src, out = self.stats, self.to_infer, self.to_decode
@@ -669,6 +744,7 @@ class Pipeline:
                 if item.skip:
                     if not out.put(_Work(frame, item.seq, None, None, {})):
                         break
+                    self._left_inference()
                     continue
                 t0 = clock()
                 if item.prepared is None:
@@ -680,11 +756,18 @@ class Pipeline:
                     raw = det.infer(prepared)
                 finally:
                     self._inputs.release(item.buffer)
-                timings = {"preprocess": preprocess_ms, "invoke": float(raw.invoke_ms)}
+                invoke_ms = float(raw.invoke_ms)
+                parts: list = []
+                if item.regions is not None and len(item.regions):  # the model on each region's crop too
+                    parts, region_ms = self._infer_regions(det, item)
+                    preprocess_ms += region_ms
+                    invoke_ms += sum(float(r.invoke_ms) for _, r in parts)
+                timings = {"preprocess": preprocess_ms, "invoke": invoke_ms}
                 stats.add("preprocess", timings["preprocess"])
                 stats.add("invoke", timings["invoke"])
-                if not out.put(_Work(frame, item.seq, prepared, raw, timings)):
+                if not out.put(_Work(frame, item.seq, prepared, raw, timings, item.regions, parts)):
                     break
+                self._left_inference()  # after the put: a skipped frame sent past the workers now comes after it
         finally:
             with self._infer_lock:
                 self._infer_running -= 1
@@ -692,9 +775,28 @@ class Pipeline:
             if last:
                 out.close()
 
+    def _infer_regions(self, det: Detector, item: _Captured) -> tuple[list, float]:
+        """``(Prepared, raw outputs)`` of each region of ``item`` (prepared now unless prepared ahead),
+        and the milliseconds spent preparing them here."""
+        assert item.regions is not None
+        parts, prep_ms, ahead = [], 0.0, list(item.parts)
+        try:
+            for i, (x1, y1, x2, y2) in enumerate(item.regions):
+                if i < len(ahead):
+                    prepared = ahead[i][0]
+                else:
+                    t0 = time.perf_counter()
+                    prepared = det.prepare(item.frame.image[y1:y2, x1:x2])
+                    prep_ms += (time.perf_counter() - t0) * 1000.0
+                parts.append((prepared, det.infer(prepared)))
+        finally:
+            for _, buf in ahead:
+                self._inputs.release(buf)
+        return parts, prep_ms
+
     def _decode_loop(self) -> None:
         det, src, out, labels = self.detector, self.to_decode, self.to_output, self.labels
-        pending: dict[int, _Work] = {}  # several workers: results that overtook an earlier frame
+        pending: dict[int, _Work] = {}  # frames that overtook an earlier one (several workers, skipped frames)
         next_seq = 0
         try:
             while True:
@@ -708,13 +810,17 @@ class Pipeline:
                             break
                         next_seq = min(pending)  # an earlier frame was lost to an abort
                         continue
-                    if work.seq != next_seq and self.workers > 1:
+                    if work.seq != next_seq and (self.workers > 1 or not self.drop):
                         pending[work.seq] = work
                         continue
                 next_seq = work.seq + 1
                 result = self._decoded(det, work, labels)
                 if not out.put(result):
                     break
+                self._emitted += 1
+                if self._capture_waits:
+                    with self._flight:
+                        self._flight.notify()
         finally:
             out.close()
 
@@ -727,6 +833,10 @@ class Pipeline:
         else:
             t0 = clock()
             dets: Detections = det.decode(work.raw, work.prepared)  # in frame pixels
+            if work.parts:
+                frame = work.frame
+                dets = merge_regions(dets, [det.decode(r, p) for p, r in work.parts], work.regions,
+                                     (frame.width, frame.height))
             work.timings["decode"] = (clock() - t0) * 1000.0
             stats.add("decode", work.timings["decode"])
             stats.processed += 1
@@ -855,7 +965,8 @@ def build_motion(cfg: Config) -> Optional[MotionGate]:
     if not mc.enabled:
         return None
     return MotionGate(MotionSettings(threshold=mc.threshold, keepalive_s=mc.keepalive_s, pixel_delta=mc.pixel_delta,
-                                     burst=cfg.tracking.min_hits + 1, burst_s=2 * cfg.tracking.confirm_s))
+                                     burst=cfg.tracking.min_hits + 1, burst_s=2 * cfg.tracking.confirm_s,
+                                     regions=mc.regions))
 
 
 def build_detector(cfg: Config, threads: Optional[int] = None) -> Detector:

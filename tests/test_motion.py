@@ -128,3 +128,51 @@ def test_a_small_still_object_with_a_jittery_box_does_not_keep_the_model_running
                                                                    np.zeros(1, np.int32))))
         moving.append(stage.moving)
     assert moving[-1] == 1
+
+
+def test_skipped_frames_pass_the_inference_workers_by_and_stay_in_order(v1_model):
+    """A still scene: the model runs on the first frame and every keep-alive; every frame reaches the
+    sinks in order (recording, events), and the skipped ones do not go through the inference workers."""
+    from edgedet.detector import Detector
+    from edgedet.frame import Frame
+    from edgedet.pipeline import Pipeline
+    from edgedet.sinks.base import BaseSink
+    from edgedet.sources.base import BaseSource
+
+    rng = np.random.default_rng(8)
+    pictures = [scene(rng) for _ in range(8)]
+
+    class Still(BaseSource):  # 10 fps of video time: frame i is taken at i / 10 s
+        fps, name = 10.0, "still"
+
+        def __init__(self, n):
+            self.n, self.i = n, 0
+
+        def read(self):
+            if self.i >= self.n:
+                return None
+            frame = Frame(pictures[self.i % 8], self.i, self.i / 10.0, time.time())
+            self.i += 1
+            return frame
+
+    class Collect(BaseSink):
+        def __init__(self):
+            self.results = []
+
+        def write(self, result):
+            self.results.append(result)
+
+    detector, sink = Detector.from_path(v1_model, threads=1), Collect()
+    gate = MotionGate(MotionSettings(keepalive_s=2.0))
+    with Pipeline(Still(120), detector, [sink], drop=False, workers=2, threads=2, motion=gate) as p:
+        snap = p.run()
+    assert [r.frame.index for r in sink.results] == list(range(120))
+    assert [r.frame.index for r in sink.results if r.inferred] == [0, 20, 40, 60, 80, 100]
+    assert snap["frames"]["processed"] == 6 and gate.stats()["skipped"] == 114
+    assert p.to_infer.puts == 6  # the skipped frames went past the workers
+
+    sink = Collect()  # newest frame only (live): skipped frames pass by while no frame is inferred
+    with Pipeline(Still(120), detector, [sink], drop=True, motion=MotionGate(MotionSettings(keepalive_s=2.0))) as p:
+        p.run()
+    order = [r.frame.index for r in sink.results]
+    assert order == sorted(set(order)) and p.to_infer.puts < 120

@@ -92,12 +92,13 @@ def build_video(out: Path, still_s: float, seed: int = 0) -> tuple[float, int]:
     return fps, count
 
 
-def run_edgedet(video: Path, events: Path, stats: Path, extra: list) -> float:
-    """CPU seconds (user + system) of one ``edgedet run`` over the whole video."""
+def run_edgedet(video: Path, events: Path, stats: Path, extra: list, tree: Path = ROOT) -> float:
+    """CPU seconds (user + system) of one ``edgedet run`` over the whole video, of the source tree
+    ``tree`` (its ``edgedet`` package comes first on the path when run from there)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, "-m", "edgedet", "run", "--headless", "--source", str(video), "--object-events",
            str(events), "--stats-json", str(stats), *extra]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(cmd, cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -126,6 +127,7 @@ def main() -> int:
     ap.add_argument("--keepalive", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="run edgedet from this source tree (e.g. an older copy)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -137,17 +139,20 @@ def main() -> int:
         print(f"built {video}: {n} frames at {fps:g} fps in {time.monotonic() - t0:.0f} s", flush=True)
     minutes = video_minutes(video)
     extra = ["--threads", str(args.threads)] if args.threads else []
-    report: dict = {"video": str(video), "minutes": round(minutes, 3), "keepalive_s": args.keepalive}
+    report: dict = {"video": str(video), "minutes": round(minutes, 3), "keepalive_s": args.keepalive,
+                    "tree": str(args.tree)}
     for name, flags in (("always_on", []), ("gated", ["--motion", "--motion-keepalive", str(args.keepalive)])):
         events, stats = args.workdir / f"{name}.jsonl", args.workdir / f"{name}_stats.json"
         t0 = time.monotonic()
-        cpu = run_edgedet(video, events, stats, extra + flags)
+        cpu = run_edgedet(video, events, stats, extra + flags, args.tree)
         snap = json.loads(stats.read_text())
+        stages = snap["stages_ms"]
         report[name] = {"cpu_s": round(cpu, 1), "cpu_s_per_video_min": round(cpu / minutes, 2),
                         "wall_s": round(time.monotonic() - t0, 1), "objects": len(objects(events)),
                         "inferred_frames": snap["frames"]["processed"], "frames": snap["frames"]["output"],
                         "inferred_share": round(snap["frames"]["processed"] / max(1, snap["frames"]["output"]), 3),
-                        "track_ms": snap["stages_ms"].get("track"), "motion_ms": snap["stages_ms"].get("motion")}
+                        "track_ms": stages.get("track"), "motion_ms": stages.get("motion"),
+                        "load_avg": round(os.getloadavg()[0], 2)}
         print(name, json.dumps(report[name]), flush=True)
     missed = match(objects(args.workdir / "always_on.jsonl"), objects(args.workdir / "gated.jsonl"), args.keepalive)
     report["cpu_ratio"] = round(report["gated"]["cpu_s"] / report["always_on"]["cpu_s"], 3)
