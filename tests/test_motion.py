@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from collect import Collect
 
 from edgedet.config import config_from_dict
 from edgedet.errors import ConfigError
@@ -136,7 +137,6 @@ def test_skipped_frames_pass_the_inference_workers_by_and_stay_in_order(v1_model
     from edgedet.detector import Detector
     from edgedet.frame import Frame
     from edgedet.pipeline import Pipeline
-    from edgedet.sinks.base import BaseSink
     from edgedet.sources.base import BaseSource
 
     rng = np.random.default_rng(8)
@@ -154,13 +154,6 @@ def test_skipped_frames_pass_the_inference_workers_by_and_stay_in_order(v1_model
             frame = Frame(pictures[self.i % 8], self.i, self.i / 10.0, time.time())
             self.i += 1
             return frame
-
-    class Collect(BaseSink):
-        def __init__(self):
-            self.results = []
-
-        def write(self, result):
-            self.results.append(result)
 
     detector, sink = Detector.from_path(v1_model, threads=1), Collect()
     gate = MotionGate(MotionSettings(keepalive_s=2.0))

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from assets import require_asset
+from collect import Collect
 
 from edgedet.config import config_from_dict, validate
 from edgedet.detections import Detections
@@ -16,7 +17,6 @@ from edgedet.frame import Frame
 from edgedet.motion import MotionGate, MotionSettings
 from edgedet.pipeline import Pipeline, build_motion
 from edgedet.regions import merge_regions, place_regions, region_side
-from edgedet.sinks.base import BaseSink
 from edgedet.sources.base import BaseSource
 
 STEP = 8  # frame pixels per mask sample
@@ -115,14 +115,6 @@ class Canvas(BaseSource):
         frame = Frame(image, self.i, time.monotonic(), time.time())
         self.i += 1
         return frame
-
-
-class Collect(BaseSink):
-    def __init__(self):
-        self.results = []
-
-    def write(self, result):
-        self.results.append(result)
 
 
 def detected(regions: int, width: int = 100, x: int = 1500, y: int = 600) -> list:

@@ -17,15 +17,6 @@ def edgedet(*args, pre: str = ""):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture()
-def tiny_model(tmp_path):
-    """A float SSD with the detection op and 10 calibration images (TensorFlow needed to write it)."""
-    pytest.importorskip("tensorflow")
-    from tests.tools.prune.test_structured import tiny_ssd_file
-
-    return tiny_ssd_file(tmp_path)
-
-
 def test_default_prune_recovers_with_zeros_kept(tiny_model, tmp_path):
     import json
 

@@ -14,15 +14,6 @@ def edgedet(*args):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture()
-def tiny_model(tmp_path):
-    """A float SSD with the detection op (3 backbone pointwise convs) and 10 calibration images."""
-    pytest.importorskip("tensorflow")
-    from tests.tools.prune.test_structured import tiny_ssd_file
-
-    return tiny_ssd_file(tmp_path)
-
-
 def test_structured_writes_a_smaller_int8_model_and_reports_phases(tiny_model, tmp_path):
     from click.testing import CliRunner
 

@@ -7,21 +7,13 @@ import time
 import cv2
 import numpy as np
 import pytest
+from collect import Collect
 
 from edgedet.detector import Detector
 from edgedet.frame import Frame
 from edgedet.pipeline import Pipeline
-from edgedet.sinks.base import BaseSink
 from edgedet.sources.base import BaseSource
 from edgedet.sources.file import VideoFileSource
-
-
-class Collect(BaseSink):
-    def __init__(self):
-        self.results = []
-
-    def write(self, result):
-        self.results.append(result)
 
 
 @pytest.fixture(scope="module")

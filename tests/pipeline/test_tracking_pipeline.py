@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from collect import Collect
 from standin import StandinDetector
 
 from edgedet.config import config_from_dict
@@ -13,7 +14,6 @@ from edgedet.detections import Detections
 from edgedet.frame import Frame
 from edgedet.motion import MotionGate, MotionSettings
 from edgedet.pipeline import Pipeline, TrackingStage, build_tracking, detector_limits
-from edgedet.sinks.base import BaseSink
 from edgedet.sinks.overlay import LINE_COLOR, ZONE_COLOR, Overlay
 from edgedet.sources.base import BaseSource
 from edgedet.tracking import Line, TrackerSettings, Zone
@@ -22,18 +22,6 @@ ZONE_LINE = np.array(LINE_COLOR, np.uint8)
 ZONE_AMBER = np.array(ZONE_COLOR, np.uint8)
 
 FPS = 10.0
-
-
-class Collect(BaseSink):
-    def __init__(self):
-        self.results = []
-        self.objects = []
-
-    def write(self, result):
-        self.results.append(result)
-
-    def on_objects(self, events):
-        self.objects.extend(events)
 
 
 class ScriptSource(BaseSource):
