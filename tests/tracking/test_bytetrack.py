@@ -89,6 +89,32 @@ def test_two_crossing_objects_keep_their_ids(hidden_while_overlapping):
     assert sorted((bool(np.all(m > 0)), bool(np.all(m < 0))) for m in moves) == [(False, True), (True, False)]
 
 
+@pytest.mark.parametrize("merge_iou", [0.3, 0.0])
+def test_one_box_around_two_crossing_objects_goes_to_neither(merge_iou):
+    tracker = ByteTracker(TrackerSettings(merge_iou=merge_iou))
+    history: dict[int, list[float]] = {}
+    merged_ids = []
+    for i in range(50):
+        a, b = box(20 + 10 * i, 100), box(520 - 10 * i, 100)
+        if abs(a[0] - b[0]) < 30:  # the detector sees one person-sized box where the two overlap
+            centre = (a[0] + b[0]) / 2
+            out = tracker.update(dets([box(centre, 100)]), i / 10)
+            merged_ids += ids_of(out)
+            continue
+        out = tracker.update(dets([a, b]), i / 10)
+        for tid, xyxy in zip(out.track_ids.tolist(), out.xyxy):
+            if tid >= 0:
+                history.setdefault(tid, []).append(float(xyxy[0]))
+    moves = sorted((bool(np.all(np.diff(xs) > 0)), bool(np.all(np.diff(xs) < 0))) for xs in history.values())
+    assert len(merged_ids) >= 2
+    if merge_iou > 0:  # neither takes the box around the two: both coast and come out on their own side
+        assert merged_ids[0] == -1
+        assert sorted(history) == [1, 2]
+        assert moves == [(False, True), (True, False)]
+    else:  # one track takes the box around the two at once
+        assert merged_ids[0] >= 0
+
+
 def test_low_score_detections_keep_a_partly_hidden_object_tracked():
     settings = TrackerSettings(max_unseen_s=1.0)
     tracker = ByteTracker(settings)
@@ -366,7 +392,7 @@ def test_a_person_close_to_the_camera_is_tracked_unless_max_area_says_otherwise(
     {"high_score": 1.5}, {"low_score": 0.7}, {"new_track_score": 0.3}, {"min_hits": 0},
     {"max_unseen_s": -1}, {"min_iou": -0.1}, {"resume_gate": -1}, {"appearance_gate": 1.5},
     {"appearance_memory": -0.1}, {"ambiguity": 2}, {"group_size": -1}, {"max_area": 0}, {"part_share": 1.5},
-    {"active_gate": 2}, {"reid_gate": -0.1}, {"reid_speed": -1},
+    {"active_gate": 2}, {"reid_gate": -0.1}, {"reid_speed": -1}, {"merge_iou": 1.5},
 ])
 def test_bad_settings_are_config_errors(bad):
     with pytest.raises(ConfigError, match="tracking."):
