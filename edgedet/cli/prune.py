@@ -181,16 +181,14 @@ def _recovery_steps(distill_steps, calibration, say) -> int:
 
 def _structured(src_path: Path, out, calibration, num_calib: int, ratio, speedup, steps: int, say) -> None:
     """``edgedet prune --structured``: channel pruning, optional recovery, int8 export; phase minutes."""
-    import importlib.util
-
     from ..errors import ConfigError
+    from ..tools.prune import require_tensorflow
 
     if not calibration:
         raise ConfigError("--structured needs --calibration DIR (see `edgedet calibration build`)")
     if ratio is not None and speedup is not None:
         raise ConfigError("give --ratio or --speedup, not both")
-    if importlib.util.find_spec("tensorflow") is None:
-        raise ConfigError("--structured needs TensorFlow: pip install 'edgedet[convert]'")
+    require_tensorflow("--structured")
     from ..detector import Detector
     from ..tools.prune import DistillOptions, StructuredOptions, format_proxy, prune_structured
 

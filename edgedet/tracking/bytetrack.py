@@ -90,11 +90,10 @@ class TrackerSettings:
     previous update whose boxes overlap by that IoU or more are merged: the detector gives one box
     for both in about half the frames from 0.3 on (48-68%, against 10% or less below 0.2, on
     PETS09), so a detection both could take tells them apart no better than a coin toss (0 turns it
-    off). ``ambiguity`` 0.8 is
-    Lowe's ratio test: a lost track's best pairing must beat the next best by more than 1 / 0.8 in
-    IoU or colour likeness (0 turns the test off). ``group_size`` 2: a box holding two smaller boxes
-    of its class (each at least 90% inside it and at most half its area) is a group or whole-picture
-    box (0 keeps them).
+    off). ``ambiguity`` 0.8 is Lowe's ratio test: a lost track's best pairing must beat the next
+    best by more than 1 / 0.8 in IoU or colour likeness (0 turns the test off). ``group_size`` 2:
+    a box holding two smaller boxes of its class (each at least 90% inside it and at most half its
+    area) is a group or whole-picture box (0 keeps them).
     ``part_share`` 0.7: a box with 70% of its area inside a bigger box of its class (at most four
     times its area) is part of that object, e.g. its upper body: non-maximum suppression by IoU
     keeps such a pair (a box inside one twice its size has IoU 0.5), and as a box of its own it
